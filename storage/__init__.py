@@ -1,0 +1,25 @@
+"""Storage layer: the only code that issues SQL."""
+
+from storage.errors import (
+    CallNotFound,
+    SchemaTooNew,
+    StorageBusy,
+    StorageError,
+    TicketConflict,
+    TicketIdExhausted,
+    TicketNotFound,
+)
+from storage.rows import OutboxRow
+from storage.ticket_store import TicketStore
+
+__all__ = [
+    "CallNotFound",
+    "OutboxRow",
+    "SchemaTooNew",
+    "StorageBusy",
+    "StorageError",
+    "TicketConflict",
+    "TicketIdExhausted",
+    "TicketNotFound",
+    "TicketStore",
+]

@@ -1,0 +1,59 @@
+# Set-up, tests and demo for the 12349 hotline engine on Debian 12.
+#
+# `make test` and `make demo` install everything they need: Debian packages, a Python
+# virtual environment, a cached Asterisk 22 root (outside the clone) and the prompt audio.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOTLINE_CACHE ?= /var/cache/hotline
+export HOTLINE_CACHE
+
+DEBIAN_PACKAGES := python3-venv debootstrap sip-tester mosquitto espeak-ng ffmpeg sox tcpdump iproute2 procps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all system-deps venv asterisk prompts test unit demo soak clean
+
+all: test
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "安装 Debian 软件包:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	@# The Debian mosquitto package starts a system broker on port 1883; the hotline runs its own.
+	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q mosquitto 2>/dev/null; then $(SUDO) systemctl disable --now mosquitto; fi
+
+$(BIN)/hotline: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/hotline
+
+asterisk: system-deps
+	bash asterisk-conf/build-root.sh
+
+prompts: venv
+	$(BIN)/hotline prompts build
+
+unit: venv
+	$(BIN)/pytest -q -m "not integration"
+
+test: venv asterisk prompts
+	$(BIN)/pytest -q -ra
+
+demo: venv asterisk prompts
+	$(BIN)/hotline demo
+
+# Full-length drills: longer partitions and more kill -9 rounds than `make test` runs.
+soak: venv asterisk prompts
+	HOTLINE_SOAK=1 $(BIN)/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) prompts/audio .pytest_cache

@@ -1,0 +1,24 @@
+"""The ``hotline`` command: runs nodes and the demo, and gives admins their tools."""
+
+from __future__ import annotations
+
+import click
+
+from hotline.commands.demo import demo
+from hotline.commands.flows import flows
+from hotline.commands.prompts import prompts
+from hotline.commands.run import run
+from hotline.commands.tickets import tickets
+
+
+@click.group(help="12349 民政服务热线引擎：呼叫流程、坐席分配、工单和逐级上报。")
+@click.version_option(package_name="hotline12349", message="%(prog)s %(version)s")
+def main() -> None:
+    pass
+
+
+main.add_command(run)
+main.add_command(demo)
+main.add_command(flows)
+main.add_command(prompts)
+main.add_command(tickets)

@@ -1,0 +1,99 @@
+"""Configuration of one hotline node: its tier, region, parent and the services it talks to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from hotline.settings_errors import describe_validation_error
+
+Tier = Literal["county", "city", "province", "ministry"]
+TIER_LABELS = {"county": "县级", "city": "市级", "province": "省级", "ministry": "部级"}
+
+# GB/T 2260 region code; the ministry uses 000000.
+RegionCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+NodeId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,47}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttBroker(_Strict):
+    host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    max_packet_size: Annotated[int, Field(ge=1024)] = 262144
+
+
+class ParentLink(_Strict):
+    """The tier above: its node id and the broker it runs."""
+
+    node_id: NodeId
+    broker: MqttBroker
+
+
+class FastAgiListen(_Strict):
+    host: Literal["127.0.0.1", "::1"] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+
+
+class AmiLogin(_Strict):
+    host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    username: str
+    secret_file: Path
+
+
+class Telephony(_Strict):
+    """What a call-taking node needs: FastAGI listener, AMI login, flow, prompts and roster."""
+
+    fastagi: FastAgiListen
+    ami: AmiLogin
+    flow: Path
+    prompt_catalog: Path
+    # Folder of prompt audio as Asterisk sees it (inside its root), without a trailing slash.
+    prompt_sound_dir: str
+    roster: Path
+
+
+class NodeConfig(_Strict):
+    node_id: NodeId
+    tier: Tier
+    region_code: RegionCode
+    database: Path
+    parent: ParentLink | None = None
+    # The broker this node runs for its children, when it has any.
+    broker: MqttBroker | None = None
+    telephony: Telephony | None = None
+    log_file: Path | None = None
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message is Chinese and names the fix."""
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"找不到配置文件 {path}，请检查路径") from exc
+    except YAMLError as exc:
+        raise ConfigError(f"配置文件 {path} 不是有效的 YAML：{exc}") from exc
+
+    try:
+        config = NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(str(path), exc)) from exc
+
+    if config.tier == "county" and config.telephony is None:
+        raise ConfigError(f"配置文件 {path}：县级节点必须有 telephony 一节（FastAGI、AMI、流程和坐席名单）")
+    if config.tier == "county" and config.parent is None:
+        raise ConfigError(f"配置文件 {path}：县级节点必须配置上级节点 parent，工单要逐级上报")
+    if config.tier != "county" and config.broker is None:
+        raise ConfigError(f"配置文件 {path}：{TIER_LABELS[config.tier]}节点必须配置本级 MQTT 服务 broker，供下级上报工单")
+    return config

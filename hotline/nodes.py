@@ -1,0 +1,174 @@
+"""Application: the long-running node processes, wiring adapters, domain and storage together.
+
+A county node takes calls: FastAGI server, AMI client, flow runner, agent pool, ticket
+store and the outbox publisher towards its parent. A node above the county (city,
+province) receives its children's ticket events from its own broker and stores them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from acd.pool import AgentPool
+from acd.roster import load_roster
+from hotline.config import NodeConfig, Telephony
+from hotline.ticket_desk import TicketDesk
+from hwd_bridge.agi_call_port import AgiCallPort, call_from_agi_environment
+from hwd_bridge.agi_channel import AgiChannel
+from hwd_bridge.agi_protocol import AgiEnvironment
+from hwd_bridge.ami_client import AmiClient
+from hwd_bridge.ami_device_state import endpoint_state_from_ami_event
+from hwd_bridge.ami_errors import AmiError
+from hwd_bridge.ami_protocol import AmiMessage
+from hwd_bridge.fastagi_server import FastAgiServer
+from ivr.engine import FlowRunner
+from ivr.flow import Flow, load_flow
+from speech.catalog import load_catalog
+from storage.ticket_store import TicketStore
+from tier_sync.outbox_publisher import OutboxPublisher, PublisherSettings
+from tier_sync.tier_receiver import TierReceiver
+
+log = structlog.get_logger(__name__)
+
+# The FastAGI route the dialplan's AGI() URL names for the hotline number.
+HOTLINE_ROUTE = "ivr/12349"
+
+AMI_READY_TIMEOUT_S = 30.0
+
+
+class CountyNode:
+    """A call-taking node. ``start`` returns once calls can be taken; ``stop`` undoes it."""
+
+    def __init__(self, config: NodeConfig):
+        if config.telephony is None or config.parent is None:
+            raise ValueError("a county node needs telephony and parent settings")
+        self.config = config
+        self._telephony: Telephony = config.telephony
+        self._store: TicketStore | None = None
+        self._publisher: OutboxPublisher | None = None
+        self._ami: AmiClient | None = None
+        self._server: FastAgiServer | None = None
+        self._flow: Flow | None = None
+        self._pool: AgentPool | None = None
+        self._runner: FlowRunner | None = None
+        self._desk: TicketDesk | None = None
+
+    @property
+    def fastagi_port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    async def start(self) -> None:
+        telephony = self._telephony
+        parent = self.config.parent
+        assert parent is not None
+
+        # Load and check everything a caller depends on before opening any port.
+        catalog = load_catalog(telephony.prompt_catalog)
+        self._flow = load_flow(telephony.flow, prompt_ids=set(catalog))
+        self._pool = AgentPool(load_roster(telephony.roster))
+
+        self._store = await TicketStore.open(self.config.database, self.config.node_id, self.config.region_code)
+        self._publisher = OutboxPublisher(
+            self._store, parent.broker.host, parent.broker.port, self.config.node_id, parent.node_id,
+            settings=PublisherSettings(max_packet_size=parent.broker.max_packet_size),
+        )
+        await self._publisher.start()
+        self._desk = TicketDesk(self._store, on_written=self._publisher.notify)
+        self._runner = FlowRunner(self._pool, self._desk)
+
+        # AMI first, so agent states are known before the first call arrives.
+        secret = Path(telephony.ami.secret_file).read_text(encoding="utf-8").strip()
+        self._ami = AmiClient(telephony.ami.host, telephony.ami.port, telephony.ami.username, secret,
+                              on_reconnected=self._resync_agents)
+        self._ami.subscribe(self._on_device_state, event_names=["DeviceStateChange"])
+        await self._ami.start()
+        await self._ami.wait_ready(AMI_READY_TIMEOUT_S)
+        await self._resync_agents(self._ami)
+
+        self._server = FastAgiServer({HOTLINE_ROUTE: self._handle_call}, host=telephony.fastagi.host,
+                                     port=telephony.fastagi.port)
+        await self._server.start()
+        log.info("county node ready", node_id=self.config.node_id, region=self.config.region_code,
+                 flow=self._flow.flow_id, flow_version=self._flow.version[:12], agents=len(self._pool.agent_ids),
+                 port=self._server.port)
+
+    async def stop(self) -> None:
+        """Stop taking calls, let live calls finish briefly, then close sync and storage."""
+        if self._server is not None:
+            await self._server.stop(grace_s=5)
+        if self._ami is not None:
+            await self._ami.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
+        if self._store is not None:
+            await self._store.close()
+        log.info("county node stopped", node_id=self.config.node_id)
+
+    async def _handle_call(self, env: AgiEnvironment, channel: AgiChannel) -> None:
+        assert self._runner is not None and self._flow is not None and self._desk is not None
+        call = call_from_agi_environment(env)
+        port = AgiCallPort(channel, self._prompt_path)
+        flow = self._flow  # a call finishes on the flow version it started with
+
+        session = await self._runner.run(flow, call, port)
+
+        # The caller may be gone; the records are written regardless, and shielded so a
+        # server shutdown cannot cut a ticket write in half.
+        await asyncio.shield(self._desk.finish_call(session))
+
+    def _prompt_path(self, prompt_id: str) -> str:
+        return f"{self._telephony.prompt_sound_dir}/{prompt_id}"
+
+    async def _on_device_state(self, message: AmiMessage) -> None:
+        assert self._pool is not None
+        parsed = endpoint_state_from_ami_event(message)
+        if parsed is not None:
+            await self._pool.device_state_changed(*parsed)
+
+    async def _resync_agents(self, client: AmiClient) -> None:
+        """Read every device's state after (re)connecting, since events were missed meanwhile."""
+        assert self._pool is not None
+        try:
+            result = await client.action("DeviceStateList", {})
+        except AmiError as exc:
+            log.warning("agent state resync failed", error=str(exc))
+            return
+
+        synced = 0
+        for item in result.events:
+            parsed = endpoint_state_from_ami_event(item)
+            if parsed is not None and self._pool.endpoint_known(parsed[0]):
+                await self._pool.device_state_changed(*parsed)
+                synced += 1
+        log.info("agent states resynced", count=synced)
+
+
+class ParentNode:
+    """A node above the county: stores what its children send up through its broker."""
+
+    def __init__(self, config: NodeConfig):
+        if config.broker is None:
+            raise ValueError(f"node {config.node_id} receives from children and needs its own broker settings")
+        self.config = config
+        self._store: TicketStore | None = None
+        self._receiver: TierReceiver | None = None
+
+    async def start(self) -> None:
+        broker = self.config.broker
+        assert broker is not None
+        self._store = await TicketStore.open(self.config.database, self.config.node_id, self.config.region_code)
+        self._receiver = TierReceiver(self._store, broker.host, broker.port, self.config.node_id)
+        await self._receiver.start()
+        log.info("parent node ready", node_id=self.config.node_id, tier=self.config.tier,
+                 region=self.config.region_code, broker_port=broker.port)
+
+    async def stop(self) -> None:
+        if self._receiver is not None:
+            await self._receiver.stop()
+        if self._store is not None:
+            await self._store.close()
+        log.info("parent node stopped", node_id=self.config.node_id)

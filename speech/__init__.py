@@ -1,0 +1,1 @@
+"""Speech layer: Mandarin prompt catalog, pinyin normalisation, TTS worker and Asterisk prompt audio."""

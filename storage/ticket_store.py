@@ -1,0 +1,598 @@
+"""Storage: calls, tickets and their events in SQLite, each event written with its outbox row before any MQTT publish.
+
+Concurrency. The database runs in WAL mode with a busy timeout. Each store opens one
+writer connection and one read-only connection. All writes of a process go through the
+writer under one asyncio lock, and every write transaction starts with ``BEGIN IMMEDIATE``
+so that the write lock is taken up front. A deferred transaction that reads and then
+writes would have to upgrade its lock, and SQLite fails that upgrade at once with
+"database is locked" whatever the busy timeout when another connection has written in
+between. Several processes (the IVR and the sync worker) may open the same file.
+
+Durability. ``PRAGMA synchronous=FULL``: every commit syncs the WAL to disk before it
+returns, so a ticket whose id was read to a caller survives a power cut as well as a
+process crash. The cost is one fsync per commit, which is small at hotline ticket rates.
+The risk of the alternative, NORMAL, is that in WAL mode the last transactions before a
+power loss or OS crash can roll back (a process crash alone loses nothing under either
+level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+import structlog
+
+from hotline.privacy import mask_text
+from storage.errors import (
+    CallNotFound,
+    SchemaTooNew,
+    StorageBusy,
+    StorageError,
+    TicketConflict,
+    TicketIdExhausted,
+    TicketNotFound,
+)
+from storage.rows import (
+    OutboxRow,
+    call_from_row,
+    event_digest,
+    event_from_row,
+    outbox_from_row,
+    row_from_call,
+    row_from_event,
+    row_from_ticket,
+    text_from_time,
+    ticket_from_row,
+)
+from storage.schema import LATEST_VERSION, MIGRATIONS
+from tickets.call_record import CallRecord
+from tickets.envelope import EventEnvelope, build_envelope, encode_envelope
+from tickets.model import (
+    MAX_DAILY_SEQUENCE,
+    Ticket,
+    TicketCategory,
+    TicketEvent,
+    TicketState,
+    Tier,
+    china_day,
+    format_ticket_id,
+    require_utc,
+    tier_for_region_code,
+    validate_node_id,
+    validate_region_code,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+
+ApplyResult = Literal["applied", "duplicate"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    columns = ", ".join(row)
+    placeholders = ", ".join(f":{name}" for name in row)
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+
+
+class TicketStore:
+    """Calls, tickets, ticket events and the upward outbox of one node, in one SQLite file.
+
+    Use ``await TicketStore.open(...)`` or ``async with await TicketStore.open(...)``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        node_id: str,
+        region_code: str,
+        tier: Tier,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.path = path
+        self.node_id = node_id
+        self.region_code = region_code
+        self.tier = tier
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        node_id: str,
+        region_code: str,
+        *,
+        tier: Tier | None = None,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> TicketStore:
+        """Open (and create or migrate) the database of node ``node_id``."""
+        validate_node_id(node_id)
+        validate_region_code(region_code)
+        path = Path(path)
+        started = time.monotonic()
+
+        writer = await cls._connect(path, busy_timeout_ms, read_only=False)
+        try:
+            await cls._migrate(writer, path)
+            reader = await cls._connect(path, busy_timeout_ms, read_only=True)
+        except BaseException:
+            await writer.close()
+            raise
+
+        store = cls(path, node_id, region_code, tier or tier_for_region_code(region_code), writer, reader, clock)
+        log.info(
+            "ticket store opened",
+            path=str(path),
+            node_id=node_id,
+            schema_version=LATEST_VERSION,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+        )
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            await self._reader.close()
+            await self._writer.close()
+        log.info("ticket store closed", path=str(self.path), node_id=self.node_id)
+
+    async def __aenter__(self) -> TicketStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @staticmethod
+    async def _connect(path: Path, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
+        try:
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from exc
+
+        try:
+            connection.row_factory = sqlite3.Row
+            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if read_only:
+                await connection.execute("PRAGMA query_only = ON")
+            else:
+                async with connection.execute("PRAGMA journal_mode = WAL") as cursor:
+                    (mode,) = await cursor.fetchone()
+                if mode.lower() != "wal":
+                    raise StorageError(f"database {path} refused WAL mode (journal_mode is {mode})")
+            await connection.execute("PRAGMA synchronous = FULL")
+            await connection.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            await connection.close()
+            raise StorageError(f"cannot configure database {path}: {exc}") from exc
+        except BaseException:
+            await connection.close()
+            raise
+        return connection
+
+    @staticmethod
+    async def _migrate(writer: aiosqlite.Connection, path: Path) -> None:
+        for target_version, statements in enumerate(MIGRATIONS, start=1):
+            try:
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    # Read inside the transaction: another process may have migrated meanwhile.
+                    async with writer.execute("PRAGMA user_version") as cursor:
+                        (current,) = await cursor.fetchone()
+                    if current > LATEST_VERSION:
+                        raise SchemaTooNew(
+                            f"database {path} has schema version {current}, newer than the "
+                            f"{LATEST_VERSION} this software supports; upgrade the software"
+                        )
+                    if current >= target_version:
+                        await writer.execute("ROLLBACK")
+                        continue
+
+                    for statement in statements:
+                        await writer.execute(statement)
+                    await writer.execute(f"PRAGMA user_version = {target_version}")
+                    await writer.execute("COMMIT")
+                    log.info("database migrated", path=str(path), schema_version=target_version)
+                except BaseException:
+                    if writer.in_transaction:
+                        await writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"migration of {path} to schema version {target_version} failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ transaction helpers
+
+    @contextlib.asynccontextmanager
+    async def _write_transaction(self, operation: str, **ids: Any) -> AsyncIterator[aiosqlite.Connection]:
+        """Run one write transaction under ``BEGIN IMMEDIATE``; commit on success, roll back on error."""
+        async with self._write_lock, self._translate_errors(operation, **ids):
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def _translate_errors(self, operation: str, **ids: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StorageBusy(f"{operation} failed: database {self.path} is locked ({exc}) {ids}") from exc
+            raise StorageError(f"{operation} failed on {self.path}: {exc} {ids}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{operation} failed on {self.path}: {exc} {ids}") from exc
+
+    async def _fetch_all(self, operation: str, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        async with self._translate_errors(operation):
+            return list(await self._reader.execute_fetchall(sql, params))
+
+    def now(self) -> datetime:
+        """Return the current time from the store's clock, the one used for outbox timestamps."""
+        return self._clock()
+
+    # ------------------------------------------------------------------ calls
+
+    async def record_call(self, record: CallRecord) -> None:
+        """Insert or replace the call record with ``record.call_id``."""
+        row = row_from_call(record, self._clock())
+        updates = ", ".join(f"{name} = excluded.{name}" for name in row if name != "call_id")
+        sql = _insert_sql("calls", row) + f" ON CONFLICT (call_id) DO UPDATE SET {updates}"
+
+        async with self._write_transaction("record call", call_id=record.call_id) as db:
+            await db.execute(sql, row)
+        log.debug("call recorded", call_id=record.call_id, outcome=row["outcome"], ticket_id=record.ticket_id)
+
+    async def get_call(self, call_id: str) -> CallRecord:
+        rows = await self._fetch_all("get call", "SELECT * FROM calls WHERE call_id = ?", (call_id,))
+        if not rows:
+            raise CallNotFound(call_id)
+        return call_from_row(rows[0])
+
+    async def list_calls(self, limit: int = 100, *, since: datetime | None = None) -> list[CallRecord]:
+        """Return call records started at or after ``since``, oldest first."""
+        since_text = text_from_time(require_utc(since, "since")) if since else ""
+        rows = await self._fetch_all(
+            "list calls",
+            "SELECT * FROM calls WHERE started_at >= ? ORDER BY started_at, call_id LIMIT ?",
+            (since_text, limit),
+        )
+        return [call_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ tickets (owning node)
+
+    async def open_ticket(
+        self,
+        call_id: str | None,
+        category: TicketCategory,
+        caller_masked: str,
+        created_at: datetime,
+        actor: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        office: str | None = None,
+        note: str | None = None,
+    ) -> Ticket:
+        """Allocate a ticket id and write the ticket, its "created" event and its outbox row in one transaction."""
+        created_at = require_utc(created_at, "created_at")
+        if mask_text(caller_masked) != caller_masked:
+            raise ValueError("caller_masked contains an unmasked phone or ID number; pass the masked form")
+        category = TicketCategory(category)
+        day = china_day(created_at)
+
+        async with self._write_transaction("open ticket", call_id=call_id) as db:
+            # Step 1: the next number of this region and Asia/Shanghai day.
+            async with db.execute(
+                "INSERT INTO ticket_sequences (region_code, day, last_value) VALUES (?, ?, 1) "
+                "ON CONFLICT (region_code, day) DO UPDATE SET last_value = last_value + 1 "
+                "RETURNING last_value",
+                (self.region_code, day.isoformat()),
+            ) as cursor:
+                (sequence,) = await cursor.fetchone()
+            if sequence > MAX_DAILY_SEQUENCE:
+                raise TicketIdExhausted(
+                    f"region {self.region_code} has used all {MAX_DAILY_SEQUENCE} ticket numbers of {day}"
+                )
+            ticket_id = format_ticket_id(self.region_code, day, sequence)
+
+            # Step 2: the ticket and its first event.
+            ticket = Ticket(
+                ticket_id=ticket_id,
+                origin_node=self.node_id,
+                region_code=self.region_code,
+                category=category,
+                state=TicketState.NEW,
+                caller_masked=caller_masked,
+                call_id=call_id,
+                created_at=created_at,
+                updated_at=created_at,
+                last_seq=1,
+            )
+            event = TicketEvent(
+                ticket_id=ticket_id,
+                seq=1,
+                kind="created",
+                actor=actor,
+                tier=self.tier,
+                office=office,
+                occurred_at=created_at,
+                from_state=None,
+                to_state=TicketState.NEW,
+                note=note,
+                payload=dict(payload or {}),
+            )
+            await db.execute(_insert_sql("tickets", row_from_ticket(ticket)), row_from_ticket(ticket))
+            await self._insert_event(db, event, self.node_id)
+
+            # Step 3: link the call record, if any, and queue the event for the parent tier.
+            if call_id is not None:
+                await db.execute(
+                    "UPDATE calls SET ticket_id = ? WHERE call_id = ? AND ticket_id IS NULL", (ticket_id, call_id)
+                )
+            await self._insert_outbox(db, ticket, event)
+
+        log.info("ticket opened", ticket_id=ticket_id, call_id=call_id, category=category.value)
+        return ticket
+
+    async def append_event(
+        self,
+        ticket_id: str,
+        kind: str,
+        actor: str,
+        payload: dict[str, Any] | None = None,
+        to_state: TicketState | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+        *,
+        office: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> TicketEvent:
+        """Write the next event of a ticket owned by this node, with its outbox row, in one transaction.
+
+        NOTE: any ``to_state`` is accepted; the lifecycle's allowed transitions are not checked yet.
+        """
+        occurred_at = require_utc(occurred_at or self._clock(), "occurred_at")
+
+        async with self._write_transaction("append event", ticket_id=ticket_id) as db:
+            ticket = await self._load_ticket(db, ticket_id)
+            if ticket.origin_node != self.node_id:
+                raise TicketConflict(
+                    f"ticket {ticket_id} belongs to node {ticket.origin_node}; only that node appends its events"
+                )
+
+            event = TicketEvent(
+                ticket_id=ticket_id,
+                seq=ticket.last_seq + 1,
+                kind=kind,
+                actor=actor,
+                tier=self.tier,
+                office=office,
+                occurred_at=occurred_at,
+                from_state=ticket.state,
+                to_state=to_state,
+                reason=reason,
+                note=note,
+                payload=dict(payload or {}),
+            )
+            updated = Ticket(
+                ticket_id=ticket.ticket_id,
+                origin_node=ticket.origin_node,
+                region_code=ticket.region_code,
+                category=ticket.category,
+                state=to_state or ticket.state,
+                caller_masked=ticket.caller_masked,
+                call_id=ticket.call_id,
+                created_at=ticket.created_at,
+                updated_at=max(occurred_at, ticket.updated_at),
+                last_seq=event.seq,
+            )
+            await db.execute(
+                "UPDATE tickets SET state = ?, updated_at = ?, last_seq = ? WHERE ticket_id = ?",
+                (updated.state.value, text_from_time(updated.updated_at), updated.last_seq, ticket_id),
+            )
+            await self._insert_event(db, event, self.node_id)
+            await self._insert_outbox(db, updated, event)
+
+        if to_state is not None and to_state != ticket.state:
+            log.info(
+                "ticket state changed", ticket_id=ticket_id, seq=event.seq,
+                from_state=ticket.state.value, to_state=to_state.value,
+            )
+        else:
+            log.debug("ticket event appended", ticket_id=ticket_id, seq=event.seq, kind=kind)
+        return event
+
+    async def _load_ticket(self, db: aiosqlite.Connection, ticket_id: str) -> Ticket:
+        async with db.execute("SELECT * FROM tickets WHERE ticket_id = ?", (ticket_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise TicketNotFound(ticket_id)
+        return ticket_from_row(row)
+
+    async def _insert_event(self, db: aiosqlite.Connection, event: TicketEvent, origin_node: str) -> None:
+        row = row_from_event(event, origin_node, self._clock())
+        await db.execute(_insert_sql("ticket_events", row), row)
+
+    async def _insert_outbox(self, db: aiosqlite.Connection, ticket: Ticket, event: TicketEvent) -> None:
+        envelope = encode_envelope(build_envelope(ticket, event))
+        await db.execute(
+            "INSERT INTO outbox (event_id, ticket_id, seq, envelope, size, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (event.event_id, event.ticket_id, event.seq, envelope, len(envelope), text_from_time(self._clock())),
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_ticket(self, ticket_id: str) -> Ticket:
+        rows = await self._fetch_all("get ticket", "SELECT * FROM tickets WHERE ticket_id = ?", (ticket_id,))
+        if not rows:
+            raise TicketNotFound(ticket_id)
+        return ticket_from_row(rows[0])
+
+    async def list_tickets(self, *, origin_node: str | None = None, limit: int = 1000) -> list[Ticket]:
+        """Return tickets in id order, optionally only those opened by ``origin_node``."""
+        if origin_node is None:
+            sql, params = "SELECT * FROM tickets ORDER BY ticket_id LIMIT ?", (limit,)
+        else:
+            sql = "SELECT * FROM tickets WHERE origin_node = ? ORDER BY ticket_id LIMIT ?"
+            params = (origin_node, limit)
+        return [ticket_from_row(row) for row in await self._fetch_all("list tickets", sql, params)]
+
+    async def list_events(self, ticket_id: str) -> list[TicketEvent]:
+        """Return the stored events of a ticket in sequence order (gaps possible at a parent)."""
+        rows = await self._fetch_all(
+            "list events", "SELECT * FROM ticket_events WHERE ticket_id = ? ORDER BY seq", (ticket_id,)
+        )
+        return [event_from_row(row) for row in rows]
+
+    async def check_integrity(self) -> str:
+        """Run ``PRAGMA integrity_check`` and return its first line ("ok" when healthy)."""
+        rows = await self._fetch_all("integrity check", "PRAGMA integrity_check")
+        return rows[0][0]
+
+    # ------------------------------------------------------------------ outbox
+
+    async def pending_outbox(self, limit: int = 100, *, sent_before: datetime | None = None) -> list[OutboxRow]:
+        """Return un-acknowledged, live outbox rows in write order.
+
+        With ``sent_before``, only rows never sent or last sent before that moment are returned.
+        """
+        if sent_before is None:
+            sql = "SELECT * FROM outbox WHERE acked_at IS NULL AND dead_at IS NULL ORDER BY row_id LIMIT ?"
+            params: tuple[Any, ...] = (limit,)
+        else:
+            sql = (
+                "SELECT * FROM outbox WHERE acked_at IS NULL AND dead_at IS NULL "
+                "AND (sent_at IS NULL OR sent_at < ?) ORDER BY row_id LIMIT ?"
+            )
+            params = (text_from_time(require_utc(sent_before, "sent_before")), limit)
+        return [outbox_from_row(row) for row in await self._fetch_all("read outbox", sql, params)]
+
+    async def find_outbox_row(self, event_id: str) -> OutboxRow | None:
+        rows = await self._fetch_all("find outbox row", "SELECT * FROM outbox WHERE event_id = ?", (event_id,))
+        return outbox_from_row(rows[0]) if rows else None
+
+    async def count_pending_outbox(self) -> int:
+        rows = await self._fetch_all(
+            "count outbox", "SELECT count(*) FROM outbox WHERE acked_at IS NULL AND dead_at IS NULL"
+        )
+        return rows[0][0]
+
+    async def list_dead_letters(self, limit: int = 100) -> list[OutboxRow]:
+        rows = await self._fetch_all(
+            "read dead letters", "SELECT * FROM outbox WHERE dead_at IS NOT NULL ORDER BY row_id LIMIT ?", (limit,)
+        )
+        return [outbox_from_row(row) for row in rows]
+
+    async def mark_outbox_sent(self, row_ids: Iterable[int]) -> None:
+        """Record that the broker confirmed (PUBACK) these rows; they stay pending until the parent's ack."""
+        ids = list(row_ids)
+        if not ids:
+            return
+        now = text_from_time(self._clock())
+        async with self._write_transaction("mark outbox sent", row_ids=ids) as db:
+            await db.executemany(
+                "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE row_id = ?",
+                [(now, row_id) for row_id in ids],
+            )
+
+    async def mark_outbox_acked(self, ticket_id: str, seq: int) -> bool:
+        """Clear the outbox row of an event the parent acknowledged; return False if none was pending."""
+        async with self._write_transaction("mark outbox acked", ticket_id=ticket_id, seq=seq) as db:
+            cursor = await db.execute(
+                "UPDATE outbox SET acked_at = ? WHERE ticket_id = ? AND seq = ? AND acked_at IS NULL",
+                (text_from_time(self._clock()), ticket_id, seq),
+            )
+            changed = cursor.rowcount
+            await cursor.close()
+        return changed > 0
+
+    async def dead_letter(self, row_id: int, reason: str) -> None:
+        """Take a row out of the publish queue for good, keeping it and the reason for an operator."""
+        async with self._write_transaction("dead-letter outbox row", row_id=row_id) as db:
+            cursor = await db.execute(
+                "UPDATE outbox SET dead_at = ?, dead_reason = ? WHERE row_id = ? AND dead_at IS NULL",
+                (text_from_time(self._clock()), reason, row_id),
+            )
+            changed = cursor.rowcount
+            await cursor.close()
+        if changed == 0:
+            raise StorageError(f"outbox row {row_id} not found or already dead-lettered")
+
+    # ------------------------------------------------------------------ parent tier
+
+    async def apply_remote_event(self, envelope: EventEnvelope) -> ApplyResult:
+        """Store a child's event and ticket snapshot; idempotent by (ticket id, seq), any arrival order.
+
+        Raises TicketConflict when the same (ticket id, seq) already holds different content,
+        when the ticket belongs to another node, or when the event claims to come from this node.
+        """
+        ticket = envelope.ticket
+        event = envelope.event
+        if envelope.origin_node == self.node_id:
+            raise TicketConflict(f"event {envelope.event_id} claims to come from this node {self.node_id}")
+
+        async with self._write_transaction("apply remote event", ticket_id=ticket.ticket_id, seq=event.seq) as db:
+            # Step 1: a stored copy of the same event makes this a duplicate, or a conflict if it differs.
+            async with db.execute(
+                "SELECT digest FROM ticket_events WHERE ticket_id = ? AND seq = ?", (event.ticket_id, event.seq)
+            ) as cursor:
+                existing = await cursor.fetchone()
+            if existing is not None:
+                if existing["digest"] != event_digest(event):
+                    raise TicketConflict(f"event {envelope.event_id} is already stored with different content")
+                return "duplicate"
+
+            # Step 2: create the ticket, or move its snapshot forward when this event is the newest.
+            async with db.execute("SELECT * FROM tickets WHERE ticket_id = ?", (ticket.ticket_id,)) as cursor:
+                stored_row = await cursor.fetchone()
+            if stored_row is None:
+                row = row_from_ticket(ticket) | {"received_at": text_from_time(self._clock())}
+                await db.execute(_insert_sql("tickets", row), row)
+            else:
+                stored = ticket_from_row(stored_row)
+                if stored.origin_node != envelope.origin_node:
+                    raise TicketConflict(
+                        f"ticket {ticket.ticket_id} belongs to node {stored.origin_node}, "
+                        f"not to {envelope.origin_node}"
+                    )
+                if ticket.last_seq > stored.last_seq:
+                    await db.execute(
+                        "UPDATE tickets SET category = ?, state = ?, caller_masked = ?, updated_at = ?, "
+                        "last_seq = ? WHERE ticket_id = ?",
+                        (ticket.category.value, ticket.state.value, ticket.caller_masked,
+                         text_from_time(ticket.updated_at), ticket.last_seq, ticket.ticket_id),
+                    )
+
+            # Step 3: the event itself.
+            await self._insert_event(db, event, envelope.origin_node)
+
+        log.info(
+            "remote event applied", ticket_id=ticket.ticket_id, seq=event.seq,
+            event_id=envelope.event_id, origin_node=envelope.origin_node,
+        )
+        return "applied"

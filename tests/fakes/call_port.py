@@ -1,0 +1,74 @@
+"""A scripted CallPort for domain tests: the caller's keys and hang-up come from a list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ivr.ports import CallEnded, DialResult, DialStatus, DigitInput, DigitOutcome, PlaybackResult
+
+
+@dataclass
+class ScriptedCaller:
+    """Answers each ``collect_digits`` with the next entry of ``keys``.
+
+    An entry is a digit string, ``None`` for silence, or ``"HANGUP"`` to end the call.
+    ``dial_results`` maps an endpoint to the statuses it returns on successive dials.
+    """
+
+    keys: list[str | None]
+    dial_results: dict[str, list[DialStatus]] = field(default_factory=dict)
+    broken_prompts: set[str] = field(default_factory=set)
+    hang_up_on_prompt: str | None = None
+    played: list[str] = field(default_factory=list)
+    dialed: list[str] = field(default_factory=list)
+    ended: bool = False
+    answered: bool = False
+
+    def _check(self) -> None:
+        if self.ended:
+            raise CallEnded()
+
+    async def answer(self) -> None:
+        self._check()
+        self.answered = True
+
+    async def play_prompt(self, prompt_id: str, *, interrupt_keys: str = "") -> PlaybackResult:
+        self._check()
+        if prompt_id == self.hang_up_on_prompt:
+            self.ended = True
+            raise CallEnded()
+        if prompt_id in self.broken_prompts:
+            return PlaybackResult(played=False)
+        self.played.append(prompt_id)
+        return PlaybackResult(played=True, offset_samples=8000)
+
+    async def collect_digits(self, prompt_id: str, *, max_digits: int, timeout_ms: int) -> DigitInput:
+        self._check()
+        played = prompt_id not in self.broken_prompts
+        if played:
+            self.played.append(prompt_id)
+        if not self.keys:
+            raise AssertionError(f"caller script ran out of keys at prompt {prompt_id}")
+        entry = self.keys.pop(0)
+        if entry == "HANGUP":
+            self.ended = True
+            raise CallEnded()
+        if entry is None:
+            return DigitInput("", DigitOutcome.TIMEOUT, prompt_played=played)
+        outcome = DigitOutcome.COMPLETE if len(entry) >= max_digits else DigitOutcome.PARTIAL_TIMEOUT
+        return DigitInput(entry[:max_digits], outcome, prompt_played=played)
+
+    async def connect_agent(self, endpoint: str, *, ring_timeout_s: int) -> DialResult:
+        self._check()
+        self.dialed.append(endpoint)
+        statuses = self.dial_results.get(endpoint, [])
+        status = statuses.pop(0) if statuses else DialStatus.ANSWERED
+        if status is DialStatus.ANSWERED:
+            return DialResult(status, answered=True, talk_seconds=12.0)
+        return DialResult(status, answered=False)
+
+    async def set_call_variable(self, name: str, value: str) -> None:
+        self._check()
+
+    async def hang_up(self) -> None:
+        self.ended = True
