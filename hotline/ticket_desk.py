@@ -95,7 +95,6 @@ class TicketDesk:
             return
 
         session.ticket_id = ticket.ticket_id
-        log.info("ticket opened", call_id=session.call.call_id, ticket_id=ticket.ticket_id, category=category.value)
         self._on_written()
 
     async def _append(self, session: CallSession, kind: str, payload: dict[str, object]) -> None:

@@ -23,14 +23,12 @@ from xml.sax.saxutils import escape
 import structlog
 
 from stack import net
+from stack.rtp_events import EVENT_CODES, write_event_pcap
 
 log = structlog.get_logger(__name__)
 
 SIPP_BINARY = "sipp"
-DTMF_PCAP_DIR = Path("/usr/share/sip-tester")
-# File name part of each digit's RTP event capture shipped with Debian's sip-tester.
-_DTMF_PCAP_NAMES = {**{digit: digit for digit in "0123456789"}, "*": "star", "#": "pound"}
-# Each capture holds one 140 ms event; the pause after it lets the event end before the next.
+# Each key press is a 160 ms event; the pause after it lets the event end before the next.
 _DTMF_STEP_MS = 200
 _CALLER_NUMBER = re.compile(r"^\+?[0-9*#]{1,32}$")
 _SIP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -59,7 +57,7 @@ class Dtmf:
     digit: str
 
     def __post_init__(self) -> None:
-        if self.digit not in _DTMF_PCAP_NAMES:
+        if self.digit not in EVENT_CODES:
             raise ValueError(f"invalid DTMF digit {self.digit!r}: use 0-9, * or #")
 
 
@@ -180,6 +178,7 @@ def build_caller_scenario(
     steps: Sequence[CallerStep],
     hangup_after_ms: int | None,
     wait_bye_timeout_ms: int,
+    pcap_dir: Path,
 ) -> str:
     """Return the UAC scenario XML for one caller script.
 
@@ -250,9 +249,11 @@ Content-Length: 0
     ]
 
     # Every wait is a BYE receive with a timeout, so a far-end hangup ends any step.
+    presses = 0
     for index, step in enumerate(steps):
         if isinstance(step, Dtmf):
-            pcap = DTMF_PCAP_DIR / f"dtmf_2833_{_DTMF_PCAP_NAMES[step.digit]}.pcap"
+            pcap = write_event_pcap(pcap_dir / f"press{presses}.pcap", step.digit, press_index=presses)
+            presses += 1
             parts.append(f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
             parts.append(_wait_for_bye(_DTMF_STEP_MS, f"step{index}"))
         elif step.ms > 0:
@@ -498,13 +499,14 @@ class SippCaller:
         if not _SIP_USER.match(self.dialed):
             raise ValueError(f"invalid dialed extension {self.dialed!r}")
 
+        self.work_dir, self._owns_dir = _make_work_dir("sipp-caller-", self.work_dir)
         scenario = build_caller_scenario(
             caller_number=self.caller_number,
             steps=self.steps,
             hangup_after_ms=self.hangup_after_ms,
             wait_bye_timeout_ms=self.wait_bye_timeout_ms,
+            pcap_dir=self.work_dir,
         )
-        self.work_dir, self._owns_dir = _make_work_dir("sipp-caller-", self.work_dir)
 
         arguments = [
             f"{net.LOOPBACK}:{self.target_port}",

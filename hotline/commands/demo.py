@@ -44,7 +44,7 @@ def _summary_table(reports: list[CallReport]) -> Table:
 
     for number, report in enumerate(reports, start=1):
         record = report.record
-        path = " → ".join(record.path) if record else "—"
+        path = "→".join(record.path) if record else "—"
         outcome = _OUTCOME_WORDS.get(record.outcome.value, record.outcome.value) if record and record.outcome else "—"
         reached = "—" if not report.script.expects_ticket else ("是" if report.city_ticket else "否")
         verdict = "通过" if report.passed else "不通过：" + "；".join(report.problems)
@@ -64,7 +64,8 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def demo(work_dir: Path | None) -> None:
     configure_logging("WARNING")
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    console = Console()
+    # A log or CI console is not a terminal; give the table room instead of rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     work_dir = fresh_work_dir(work_dir or default_work_dir())
     scripts = standard_calls()
     started = time.monotonic()
