@@ -1,8 +1,8 @@
 """Masking rules for personal data shown in logs, CLI output and upward payloads.
 
 Rules: an ID number keeps its first character and last two, a mobile number keeps its
-first three and last four digits, any other phone number keeps its last two digits,
-and a name keeps its first character.
+first three and last four digits, a landline keeps its area code and last two digits,
+any other number keeps its last two digits, and a name keeps its first character.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ def mask_phone(value: str | None) -> str:
 
     if len(digits) <= 4:
         return "*" * len(digits)
-    return "*" * (len(digits) - 2) + digits[-2:]
+
+    # Mainland area codes: 010 and 02X have three digits, the others four.
+    area = ""
+    if digits.startswith("0") and len(digits) >= 10:
+        area = digits[:3] if digits[1] in "12" else digits[:4]
+    return area + "*" * (len(digits) - len(area) - 2) + digits[-2:]
 
 
 def mask_name(value: str) -> str:
