@@ -50,9 +50,9 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def event_digest(event: TicketEvent) -> str:
-    """Return a hash of an event's content, used to tell a true duplicate from a conflict."""
-    document = {
+def _event_content(event: TicketEvent) -> dict[str, Any]:
+    """Return the fields of an event that its digest covers, in column spelling."""
+    return {
         "kind": event.kind,
         "actor": event.actor,
         "tier": event.tier.value,
@@ -64,7 +64,11 @@ def event_digest(event: TicketEvent) -> str:
         "note": event.note,
         "payload": event.payload,
     }
-    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+def event_digest(event: TicketEvent) -> str:
+    """Return a hash of an event's content, used to tell a true duplicate from a conflict."""
+    return hashlib.sha256(canonical_json(_event_content(event)).encode()).hexdigest()
 
 
 def ticket_from_row(row: sqlite3.Row) -> Ticket:
@@ -118,15 +122,7 @@ def row_from_event(event: TicketEvent, origin_node: str, recorded_at: datetime) 
     return {
         "ticket_id": event.ticket_id,
         "seq": event.seq,
-        "kind": event.kind,
-        "actor": event.actor,
-        "tier": event.tier.value,
-        "office": event.office,
-        "occurred_at": text_from_time(event.occurred_at),
-        "from_state": event.from_state.value if event.from_state else None,
-        "to_state": event.to_state.value if event.to_state else None,
-        "reason": event.reason,
-        "note": event.note,
+        **_event_content(event),
         "payload": canonical_json(event.payload),
         "origin_node": origin_node,
         "digest": event_digest(event),

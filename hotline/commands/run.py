@@ -54,14 +54,11 @@ def run(config_path: Path, ready_file: Path | None, log_level: str, json_logs: b
     configure_logging(log_level, json=json_logs)
     try:
         asyncio.run(_run_node(config_path, ready_file))
-    except (ConfigError, RosterError, CatalogError) as exc:
+    except (ConfigError, RosterError, CatalogError, AmiAuthenticationError) as exc:
         click.echo(f"启动失败：{exc}", err=True)
         sys.exit(2)
     except FlowError as exc:
         click.echo(f"启动失败：呼叫流程未通过检查：\n{exc}", err=True)
-        sys.exit(2)
-    except AmiAuthenticationError as exc:
-        click.echo(f"启动失败：{exc}", err=True)
         sys.exit(2)
     except NodeAlreadyRunning as exc:
         click.echo(f"启动失败：{exc}", err=True)
