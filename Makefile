@@ -10,8 +10,14 @@ BIN := $(VENV)/bin
 HOTLINE_CACHE ?= /var/cache/hotline
 export HOTLINE_CACHE
 
-DEBIAN_PACKAGES := python3-venv debootstrap sip-tester mosquitto espeak-ng ffmpeg sox tcpdump iproute2 procps
+DEBIAN_PACKAGES := python3-venv debootstrap sip-tester mosquitto espeak-ng ffmpeg sox tcpdump iproute2 procps util-linux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Tests and the demo run in a private network namespace that holds only a loopback
+# interface, so nothing they start can send a packet off this machine. Asterisk's SIP
+# stack looks up its default address by connecting a UDP socket to an outside address
+# at start, which on a normal host makes the kernel probe the IPv6 default router.
+ISOLATED := $(SUDO) unshare --net -- sh -c 'ip link set lo up && exec "$$@"' isolated
 
 .PHONY: all system-deps venv asterisk prompts test unit demo soak clean
 
@@ -43,17 +49,17 @@ prompts: venv
 	$(BIN)/hotline prompts build
 
 unit: venv
-	$(BIN)/pytest -q -m "not integration"
+	$(ISOLATED) $(BIN)/pytest -q -m "not integration"
 
 test: venv asterisk prompts
-	$(BIN)/pytest -q -ra
+	$(ISOLATED) $(BIN)/pytest -q -ra
 
 demo: venv asterisk prompts
-	$(BIN)/hotline demo
+	$(ISOLATED) $(BIN)/hotline demo
 
 # Full-length drills: longer partitions and more kill -9 rounds than `make test` runs.
 soak: venv asterisk prompts
-	HOTLINE_SOAK=1 $(BIN)/pytest -q -ra
+	$(ISOLATED) env HOTLINE_SOAK=1 $(BIN)/pytest -q -ra
 
 clean:
 	rm -rf $(VENV) prompts/audio .pytest_cache

@@ -1,8 +1,8 @@
 """Domain: agents, their states and the choice of an agent for a waiting call.
 
-An agent is offered a call only when three things agree: the agent is logged in and
-not paused, the controller itself has no call reserved on or connected to that agent,
-and the switch reports the agent's device as idle. The switch's device state alone is
+An agent is offered a call only when three things agree. The agent is logged in and
+not paused. The controller itself has no call reserved on or connected to that agent.
+The switch reports the agent's device as idle. The switch's device state alone is
 not enough, because it is device-wide: an agent on a direct call looks busy to every
 skill group, and one who is being rung by us looks idle until the ringing starts.
 """
@@ -90,8 +90,8 @@ class AgentSnapshot:
 class AgentPool:
     """Agents of one node and the rule that hands a waiting call to one of them.
 
-    Calls waiting for the same moment are served first come, first served; the agent
-    chosen is the eligible one idle the longest. ``clock`` returns monotonic seconds.
+    Among eligible agents the one idle the longest is chosen. ``clock`` returns
+    monotonic seconds.
     """
 
     def __init__(self, agents: Iterable[AgentProfile], *, clock: Callable[[], float] = time.monotonic):
@@ -158,7 +158,7 @@ class AgentPool:
         await self._notify()
 
     def has_agent_for(self, skill: str) -> bool:
-        """Whether any logged-in agent has the skill, busy or not."""
+        """Return True when a logged-in agent has the skill, busy or not."""
         return any(s.logged_in and skill in s.profile.skills for s in self._agents.values())
 
     async def reserve(

@@ -24,8 +24,8 @@ from tickets.call_record import CallOutcome
 
 log = structlog.get_logger(__name__)
 
-# A flow that visits this many nodes in one call is looping; the validator rejects loops
-# made only of play nodes, and this bound catches the rest.
+# A call that visits this many nodes is in a loop. The validator rejects loops made only
+# of play nodes, and this bound catches the rest.
 MAX_NODE_VISITS = 200
 
 DEFAULT_SKILL = "general"
@@ -33,7 +33,7 @@ DEFAULT_SKILL = "general"
 
 @dataclass(frozen=True, slots=True)
 class KeyPress:
-    """One answer to a menu: the node, what was pressed and how the input ended."""
+    """Input to one menu prompt: the node, the keys pressed and how the input ended."""
 
     node: str
     digits: str
@@ -43,7 +43,7 @@ class KeyPress:
 
 @dataclass(slots=True)
 class CallSession:
-    """What happened on one call so far; the runner fills it in as the call goes."""
+    """Record of one call so far, filled in by the runner as the call goes."""
 
     call: Call
     flow_id: str

@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 
 class MenuChoice(_Strict):
-    """What one key in a menu does: optionally set the category and skill, then go on."""
+    """Action of one menu key: optionally set the category and skill, then go to ``next``."""
 
     next: str
     category: str | None = None
