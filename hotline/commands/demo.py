@@ -63,6 +63,8 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
               help="演示数据目录（数据库、日志、配置）；默认 var/demo，每次运行前清空。")
 def demo(work_dir: Path | None) -> None:
     configure_logging("WARNING")
+    # Stop everything on Ctrl-C or SIGTERM, even when started from a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     # A log or CI console is not a terminal; give the table room instead of rich's 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=220)
