@@ -10,6 +10,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from hotline.settings_errors import describe_validation_error
+from regions.divisions import RegionCodeError
+from regions.tiers import validate_node_region_code
 
 Tier = Literal["county", "city", "province", "ministry"]
 TIER_LABELS = {"county": "县级", "city": "市级", "province": "省级", "ministry": "部级"}
@@ -89,6 +91,11 @@ def load_node_config(path: str | Path) -> NodeConfig:
         config = NodeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(str(path), exc)) from exc
+
+    try:
+        validate_node_region_code(config.region_code, config.tier)
+    except RegionCodeError as exc:
+        raise ConfigError(f"配置文件 {path}：{exc}") from exc
 
     if config.tier == "county" and config.telephony is None:
         raise ConfigError(f"配置文件 {path}：县级节点必须有 telephony 一节（FastAGI、AMI、流程和坐席名单）")
