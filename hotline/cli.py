@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import click
 
+from hotline.logging import configure_logging
+
 from hotline.commands.demo import demo
 from hotline.commands.flows import flows
 from hotline.commands.prompts import prompts
 from hotline.commands.run import run
+from hotline.commands.sla import sla
 from hotline.commands.tickets import tickets
 
 
 @click.group(help="12349 民政服务热线引擎：呼叫流程、坐席分配、工单和逐级上报。")
 @click.version_option(package_name="hotline12349", message="%(prog)s %(version)s")
 def main() -> None:
-    pass
+    # Operators read the commands' own Chinese output; library INFO lines would bury it.
+    # ``hotline run`` sets its own level.
+    configure_logging("WARNING")
 
 
 main.add_command(run)
@@ -22,3 +27,4 @@ main.add_command(demo)
 main.add_command(flows)
 main.add_command(prompts)
 main.add_command(tickets)
+main.add_command(sla)
