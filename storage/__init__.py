@@ -1,6 +1,8 @@
 """Storage layer: the only code that issues SQL."""
 
 from storage.errors import (
+    AttachmentError,
+    AttachmentNotFound,
     CallNotFound,
     SchemaTooNew,
     StorageBusy,
@@ -13,6 +15,8 @@ from storage.rows import OutboxRow
 from storage.ticket_store import TicketStore
 
 __all__ = [
+    "AttachmentError",
+    "AttachmentNotFound",
     "CallNotFound",
     "OutboxRow",
     "SchemaTooNew",

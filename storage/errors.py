@@ -37,3 +37,15 @@ class TicketConflict(StorageError):
 
 class TicketIdExhausted(StorageError):
     """All 9999 daily ticket numbers of a region and day are used."""
+
+
+class AttachmentNotFound(StorageError):
+    """No attachment with the requested SHA-256 is stored, or its file is missing."""
+
+    def __init__(self, sha256: str, detail: str = "not stored") -> None:
+        super().__init__(f"attachment {sha256}: {detail}")
+        self.sha256 = sha256
+
+
+class AttachmentError(StorageError):
+    """An attachment could not be read from its source or written to the attachment folder."""

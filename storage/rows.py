@@ -33,6 +33,30 @@ class OutboxRow:
     dead_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A stored attachment (photo, call recording), named by the SHA-256 of its content."""
+
+    sha256: str
+    size: int
+    media_type: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TicketLink:
+    """A link from one ticket to another, written by 并单 (kind "merged") or 提级 (kind "escalated").
+
+    ``seq`` is the event of ``ticket_id`` that created the link.
+    """
+
+    ticket_id: str
+    kind: str
+    linked_ticket_id: str
+    seq: int
+    created_at: datetime
+
+
 def text_from_time(moment: datetime | None) -> str | None:
     """Format a timestamp as fixed-width ISO UTC text, which sorts in time order."""
     if moment is None:
@@ -185,4 +209,23 @@ def outbox_from_row(row: sqlite3.Row) -> OutboxRow:
         sent_at=time_from_text(row["sent_at"]),
         attempts=row["attempts"],
         dead_reason=row["dead_reason"],
+    )
+
+
+def attachment_from_row(row: sqlite3.Row) -> Attachment:
+    return Attachment(
+        sha256=row["sha256"],
+        size=row["size"],
+        media_type=row["media_type"],
+        created_at=time_from_text(row["created_at"]),
+    )
+
+
+def link_from_row(row: sqlite3.Row) -> TicketLink:
+    return TicketLink(
+        ticket_id=row["ticket_id"],
+        kind=row["kind"],
+        linked_ticket_id=row["linked_ticket_id"],
+        seq=row["seq"],
+        created_at=time_from_text(row["created_at"]),
     )

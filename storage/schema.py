@@ -91,6 +91,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX outbox_pending ON outbox (row_id) WHERE acked_at IS NULL AND dead_at IS NULL",
     ),
+    # Version 2: links between tickets (并单, 提级), attachments stored by content hash, and
+    # triggers that keep the event trail append-only.
+    (
+        """
+        CREATE TABLE ticket_links (
+            ticket_id        TEXT NOT NULL,
+            kind             TEXT NOT NULL,
+            linked_ticket_id TEXT NOT NULL,
+            seq              INTEGER NOT NULL,
+            created_at       TEXT NOT NULL,
+            PRIMARY KEY (ticket_id, kind, linked_ticket_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX ticket_links_linked ON ticket_links (linked_ticket_id)",
+        """
+        CREATE TABLE attachments (
+            sha256      TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            media_type  TEXT NOT NULL,
+            created_at  TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TRIGGER ticket_events_no_update BEFORE UPDATE ON ticket_events
+        BEGIN
+            SELECT RAISE(ABORT, 'ticket_events is append-only: write a new event instead');
+        END
+        """,
+        """
+        CREATE TRIGGER ticket_events_no_delete BEFORE DELETE ON ticket_events
+        BEGIN
+            SELECT RAISE(ABORT, 'ticket_events is append-only: write a new event instead');
+        END
+        """,
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import aiosqlite
 import structlog
 
 from hotline.privacy import mask_text
 from storage.errors import (
+    AttachmentError,
+    AttachmentNotFound,
     CallNotFound,
     SchemaTooNew,
     StorageBusy,
@@ -41,10 +49,14 @@ from storage.errors import (
     TicketNotFound,
 )
 from storage.rows import (
+    Attachment,
     OutboxRow,
+    TicketLink,
+    attachment_from_row,
     call_from_row,
     event_digest,
     event_from_row,
+    link_from_row,
     outbox_from_row,
     row_from_call,
     row_from_event,
@@ -55,6 +67,14 @@ from storage.rows import (
 from storage.schema import LATEST_VERSION, MIGRATIONS
 from tickets.call_record import CallRecord
 from tickets.envelope import EventEnvelope, build_envelope, encode_envelope
+from tickets.lifecycle import (
+    ACTIONS,
+    LIFECYCLE_EVENT_KINDS,
+    LINK_EVENT_KINDS,
+    PlannedAction,
+    plan_action,
+    rule_for_state_change,
+)
 from tickets.model import (
     MAX_DAILY_SEQUENCE,
     Ticket,
@@ -76,9 +96,28 @@ DEFAULT_BUSY_TIMEOUT_MS = 10_000
 
 ApplyResult = Literal["applied", "duplicate"]
 
+# Event kinds that only apply_action and add_attachment write, because they need checks or stored content.
+RESERVED_EVENT_KINDS = LIFECYCLE_EVENT_KINDS | {"attachment_added", "duplicate_merged"}
+
+# Largest attachment accepted. One hour of call recording as 8 kHz mono 16-bit WAV is about 58 MB.
+MAX_ATTACHMENT_BYTES = 100 * 1024 * 1024
+
+MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_COPY_CHUNK_BYTES = 1024 * 1024
+
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Sync a folder so that a rename inside it survives a power cut."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _insert_sql(table: str, row: dict[str, Any]) -> str:
@@ -167,6 +206,11 @@ class TicketStore:
 
     @staticmethod
     async def _connect(path: Path, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
+        # A missing folder is the usual cause of a failed connect, so it is reported before aiosqlite runs.
+        # NOTE: when aiosqlite 0.22 fails to connect it stops its worker thread without awaiting it, and
+        # the thread raises "Event loop is closed" if the loop ends first.
+        if not path.parent.is_dir():
+            raise StorageError(f"cannot open database {path}: folder {path.parent} does not exist")
         try:
             connection = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -359,6 +403,42 @@ class TicketStore:
         log.info("ticket opened", ticket_id=ticket_id, call_id=call_id, category=category.value)
         return ticket
 
+    async def apply_action(
+        self,
+        ticket_id: str,
+        action: str,
+        actor: str,
+        *,
+        reason: str | None = None,
+        note: str | None = None,
+        office: str | None = None,
+        target_ticket_id: str | None = None,
+        occurred_at: datetime | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> TicketEvent:
+        """Apply a lifecycle action (``tickets.lifecycle.ACTIONS``) to a ticket owned by this node.
+
+        The check, the event, its outbox row and the ticket's new state are written in one
+        ``BEGIN IMMEDIATE`` transaction, so of two concurrent actions that are each valid
+        alone only the first can pass. A merge also appends a "duplicate_merged" event to
+        the target ticket and records the link, as does an escalation.
+
+        Raises ``TransitionRejected`` (Chinese message) when the lifecycle does not allow
+        the action, ``TicketNotFound`` for a missing ticket or merge target, and
+        ``TicketConflict`` for a ticket owned by another node.
+        """
+        occurred_at = require_utc(occurred_at or self._clock(), "occurred_at")
+
+        async with self._write_transaction("apply action", ticket_id=ticket_id, action=action) as db:
+            ticket = await self._load_owned_ticket(db, ticket_id)
+            planned = await self._apply_planned_action(
+                db, ticket, action, actor, occurred_at,
+                reason=reason, note=note, office=office, target_ticket_id=target_ticket_id, payload=payload,
+            )
+
+        self._log_action(planned)
+        return planned.event
+
     async def append_event(
         self,
         ticket_id: str,
@@ -374,58 +454,151 @@ class TicketStore:
     ) -> TicketEvent:
         """Write the next event of a ticket owned by this node, with its outbox row, in one transaction.
 
-        NOTE: any ``to_state`` is accepted; the lifecycle's allowed transitions are not checked yet.
+        Without ``to_state`` the event is informational ("agent_answered", "call_ended") and
+        leaves the state alone; kinds that the lifecycle writes are rejected on this path.
+        With ``to_state`` the change goes through the same lifecycle check as
+        ``apply_action``: the one action leading there from the current state must exist
+        and ``kind`` must be that action's event kind.
         """
         occurred_at = require_utc(occurred_at or self._clock(), "occurred_at")
+        if to_state is None and kind in RESERVED_EVENT_KINDS:
+            raise ValueError(
+                f"event kind {kind!r} changes the lifecycle or needs stored content; "
+                "use apply_action or add_attachment instead of append_event"
+            )
 
         async with self._write_transaction("append event", ticket_id=ticket_id) as db:
-            ticket = await self._load_ticket(db, ticket_id)
-            if ticket.origin_node != self.node_id:
-                raise TicketConflict(
-                    f"ticket {ticket_id} belongs to node {ticket.origin_node}; only that node appends its events"
+            ticket = await self._load_owned_ticket(db, ticket_id)
+
+            # A state change is an action of the lifecycle table, checked like apply_action.
+            if to_state is not None:
+                rule = rule_for_state_change(ticket_id, ticket.state, to_state)
+                if kind != rule.event_kind:
+                    raise ValueError(
+                        f"ticket {ticket_id}: a change from {ticket.state.value} to {to_state.value} is action "
+                        f"{rule.name!r} with event kind {rule.event_kind!r}, not {kind!r}"
+                    )
+                planned = await self._apply_planned_action(
+                    db, ticket, rule.name, actor, occurred_at,
+                    reason=reason, note=note, office=office, target_ticket_id=None, payload=payload,
+                )
+                event = planned.event
+            else:
+                event = await self._append_informational(
+                    db, ticket, kind, actor, occurred_at, payload=payload, reason=reason, note=note, office=office,
                 )
 
-            event = TicketEvent(
-                ticket_id=ticket_id,
-                seq=ticket.last_seq + 1,
-                kind=kind,
-                actor=actor,
-                tier=self.tier,
-                office=office,
-                occurred_at=occurred_at,
-                from_state=ticket.state,
-                to_state=to_state,
-                reason=reason,
-                note=note,
-                payload=dict(payload or {}),
-            )
-            updated = Ticket(
-                ticket_id=ticket.ticket_id,
-                origin_node=ticket.origin_node,
-                region_code=ticket.region_code,
-                category=ticket.category,
-                state=to_state or ticket.state,
-                caller_masked=ticket.caller_masked,
-                call_id=ticket.call_id,
-                created_at=ticket.created_at,
-                updated_at=max(occurred_at, ticket.updated_at),
-                last_seq=event.seq,
-            )
-            await db.execute(
-                "UPDATE tickets SET state = ?, updated_at = ?, last_seq = ? WHERE ticket_id = ?",
-                (updated.state.value, text_from_time(updated.updated_at), updated.last_seq, ticket_id),
-            )
-            await self._insert_event(db, event, self.node_id)
-            await self._insert_outbox(db, updated, event)
-
-        if to_state is not None and to_state != ticket.state:
-            log.info(
-                "ticket state changed", ticket_id=ticket_id, seq=event.seq,
-                from_state=ticket.state.value, to_state=to_state.value,
-            )
+        if to_state is not None:
+            self._log_action(planned)
         else:
             log.debug("ticket event appended", ticket_id=ticket_id, seq=event.seq, kind=kind)
         return event
+
+    async def _apply_planned_action(
+        self,
+        db: aiosqlite.Connection,
+        ticket: Ticket,
+        action: str,
+        actor: str,
+        occurred_at: datetime,
+        *,
+        reason: str | None,
+        note: str | None,
+        office: str | None,
+        target_ticket_id: str | None,
+        payload: dict[str, Any] | None,
+    ) -> PlannedAction:
+        """Validate and write one lifecycle action inside the caller's write transaction."""
+        # Step 1: a merge target lives on this node and its state matters, so load it.
+        rule = ACTIONS.get(action)
+        target: Ticket | str | None = target_ticket_id
+        if rule is not None and rule.target_is_local and target_ticket_id:
+            target = await self._load_ticket(db, target_ticket_id.strip())
+
+        # Step 2: the lifecycle decides; nothing is written when it rejects.
+        planned = plan_action(
+            ticket, action, actor, self.tier, occurred_at,
+            reason=reason, note=note, office=office, target=target, payload=payload,
+        )
+
+        # Step 3: the ticket's new state, its event and the outbox row.
+        await self._write_ticket_progress(db, planned.ticket)
+        await self._insert_event(db, planned.event, self.node_id)
+        await self._insert_outbox(db, planned.ticket, planned.event)
+
+        # Step 4: links to the other ticket; a merge target also records what was merged into it.
+        linked_id = planned.event.payload.get("target_ticket_id")
+        if linked_id is not None:
+            await self._insert_link(db, ticket.ticket_id, planned.rule.event_kind, linked_id, planned.event.seq)
+        if isinstance(target, Ticket):
+            await self._append_informational(
+                db, target, "duplicate_merged", actor, occurred_at,
+                payload={"source_ticket_id": ticket.ticket_id}, office=office,
+            )
+        return planned
+
+    async def _append_informational(
+        self,
+        db: aiosqlite.Connection,
+        ticket: Ticket,
+        kind: str,
+        actor: str,
+        occurred_at: datetime,
+        *,
+        payload: dict[str, Any] | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+        office: str | None = None,
+    ) -> TicketEvent:
+        """Write an event that keeps the ticket's state, with its outbox row, inside the caller's transaction."""
+        event = TicketEvent(
+            ticket_id=ticket.ticket_id,
+            seq=ticket.last_seq + 1,
+            kind=kind,
+            actor=actor,
+            tier=self.tier,
+            office=office,
+            occurred_at=occurred_at,
+            from_state=ticket.state,
+            to_state=None,
+            reason=reason,
+            note=note,
+            payload=dict(payload or {}),
+        )
+        updated = dataclasses.replace(ticket, updated_at=max(occurred_at, ticket.updated_at), last_seq=event.seq)
+        await self._write_ticket_progress(db, updated)
+        await self._insert_event(db, event, self.node_id)
+        await self._insert_outbox(db, updated, event)
+        return event
+
+    async def _write_ticket_progress(self, db: aiosqlite.Connection, ticket: Ticket) -> None:
+        await db.execute(
+            "UPDATE tickets SET state = ?, updated_at = ?, last_seq = ? WHERE ticket_id = ?",
+            (ticket.state.value, text_from_time(ticket.updated_at), ticket.last_seq, ticket.ticket_id),
+        )
+
+    async def _insert_link(self, db: aiosqlite.Connection, ticket_id: str, kind: str, linked_id: str, seq: int) -> None:
+        await db.execute(
+            "INSERT INTO ticket_links (ticket_id, kind, linked_ticket_id, seq, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (ticket_id, kind, linked_ticket_id) DO NOTHING",
+            (ticket_id, kind, linked_id, seq, text_from_time(self._clock())),
+        )
+
+    def _log_action(self, planned: PlannedAction) -> None:
+        event = planned.event
+        log.info(
+            "ticket action applied", ticket_id=event.ticket_id, seq=event.seq, action=planned.rule.name,
+            from_state=event.from_state.value if event.from_state else None,
+            to_state=planned.ticket.state.value, reason=event.reason,
+        )
+
+    async def _load_owned_ticket(self, db: aiosqlite.Connection, ticket_id: str) -> Ticket:
+        ticket = await self._load_ticket(db, ticket_id)
+        if ticket.origin_node != self.node_id:
+            raise TicketConflict(
+                f"ticket {ticket_id} belongs to node {ticket.origin_node}; only that node appends its events"
+            )
+        return ticket
 
     async def _load_ticket(self, db: aiosqlite.Connection, ticket_id: str) -> Ticket:
         async with db.execute("SELECT * FROM tickets WHERE ticket_id = ?", (ticket_id,)) as cursor:
@@ -444,6 +617,146 @@ class TicketStore:
             "INSERT INTO outbox (event_id, ticket_id, seq, envelope, size, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (event.event_id, event.ticket_id, event.seq, envelope, len(envelope), text_from_time(self._clock())),
         )
+
+    # ------------------------------------------------------------------ attachments
+
+    @property
+    def attachment_dir(self) -> Path:
+        """Folder of attachment files, next to the database: ``<database name>.attachments``."""
+        return self.path.parent / f"{self.path.name}.attachments"
+
+    async def add_attachment(
+        self,
+        ticket_id: str,
+        content: str | Path | bytes,
+        media_type: str,
+        actor: str,
+        *,
+        note: str | None = None,
+        office: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> str:
+        """Store a photo or recording for a ticket by the SHA-256 of its content and return that hash.
+
+        ``content`` is the bytes themselves or the path of a file to copy. Identical content
+        is stored once, however many tickets it is added to. The file is written first
+        (temporary file, fsync, rename, fsync of the folder), then the attachment row and an
+        "attachment_added" event with the hash go into one transaction, so a committed event
+        always has its file. A failed transaction can leave an unreferenced file behind,
+        which a later add of the same content reuses.
+        """
+        occurred_at = require_utc(occurred_at or self._clock(), "occurred_at")
+        if not isinstance(media_type, str) or not MEDIA_TYPE_RE.match(media_type):
+            raise ValueError(f"invalid media type {media_type!r}: expected type/subtype in lower case, e.g. image/jpeg")
+
+        # Step 1: the file, named by its hash.
+        sha256, size = await asyncio.to_thread(self._store_attachment_file, content)
+
+        # Step 2: the attachment row (kept from the first add) and the ticket's event.
+        async with self._write_transaction("add attachment", ticket_id=ticket_id, sha256=sha256) as db:
+            ticket = await self._load_owned_ticket(db, ticket_id)
+            await db.execute(
+                "INSERT INTO attachments (sha256, size, media_type, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                (sha256, size, media_type, text_from_time(self._clock())),
+            )
+            # The payload key ends in "_id" so that upward masking leaves the hex digest intact.
+            event = await self._append_informational(
+                db, ticket, "attachment_added", actor, occurred_at,
+                payload={"attachment_id": sha256, "size_bytes": size, "media_type": media_type},
+                note=note, office=office,
+            )
+
+        log.info("attachment added", ticket_id=ticket_id, seq=event.seq, sha256=sha256, size_bytes=size)
+        return sha256
+
+    async def get_attachment(self, sha256: str) -> Attachment:
+        rows = await self._fetch_all("get attachment", "SELECT * FROM attachments WHERE sha256 = ?", (sha256,))
+        if not rows:
+            raise AttachmentNotFound(sha256)
+        return attachment_from_row(rows[0])
+
+    async def attachment_path(self, sha256: str) -> Path:
+        """Return the file of a stored attachment; raise AttachmentNotFound when the row or the file is missing."""
+        attachment = await self.get_attachment(sha256)
+        path = self._attachment_file(attachment.sha256)
+        if not path.is_file():
+            raise AttachmentNotFound(sha256, f"file {path} is missing")
+        return path
+
+    def _attachment_file(self, sha256: str) -> Path:
+        if not SHA256_RE.match(sha256):
+            raise ValueError(f"invalid attachment hash {sha256!r}: expected 64 lower-case hex digits")
+        return self.attachment_dir / sha256[:2] / sha256
+
+    def _store_attachment_file(self, content: str | Path | bytes) -> tuple[str, int]:
+        """Copy ``content`` into the attachment folder under its hash; blocking, run in a worker thread."""
+        if isinstance(content, bytes):
+            return self._copy_into_store(io.BytesIO(content), "bytes")
+
+        source = Path(content)
+        try:
+            with source.open("rb") as stream:
+                return self._copy_into_store(stream, str(source))
+        except FileNotFoundError as exc:
+            raise AttachmentError(f"attachment source {source} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise AttachmentError(f"attachment source {source} is a folder, not a file") from exc
+
+    def _copy_into_store(self, stream: BinaryIO, source_name: str) -> tuple[str, int]:
+        folder = self.attachment_dir
+        try:
+            folder.mkdir(exist_ok=True)
+            handle, temp_name = tempfile.mkstemp(prefix=".incoming-", dir=folder)
+        except OSError as exc:
+            raise AttachmentError(f"cannot write to attachment folder {folder}: {exc}") from exc
+
+        temp_path = Path(temp_name)
+        try:
+            # Copy and hash in one pass; the name is known only at the end.
+            digest = hashlib.sha256()
+            size = 0
+            with os.fdopen(handle, "wb") as target:
+                while chunk := stream.read(_COPY_CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > MAX_ATTACHMENT_BYTES:
+                        raise AttachmentError(
+                            f"attachment {source_name} is larger than {MAX_ATTACHMENT_BYTES} bytes"
+                        )
+                    digest.update(chunk)
+                    target.write(chunk)
+                target.flush()
+                os.fsync(target.fileno())
+            sha256 = digest.hexdigest()
+
+            # Identical content is already stored: keep the existing file.
+            final = self._attachment_file(sha256)
+            if final.is_file() and final.stat().st_size == size:
+                temp_path.unlink()
+                return sha256, size
+
+            final.parent.mkdir(exist_ok=True)
+            os.replace(temp_path, final)
+            _fsync_folder(final.parent)
+            _fsync_folder(folder)
+            return sha256, size
+        except OSError as exc:
+            temp_path.unlink(missing_ok=True)
+            raise AttachmentError(f"cannot store attachment {source_name} in {folder}: {exc}") from exc
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+
+    # ------------------------------------------------------------------ links
+
+    async def list_links(self, ticket_id: str) -> list[TicketLink]:
+        """Return the links from and to a ticket (并单, 提级), in the order they were written."""
+        rows = await self._fetch_all(
+            "list links",
+            "SELECT * FROM ticket_links WHERE ticket_id = ? OR linked_ticket_id = ? ORDER BY created_at, seq",
+            (ticket_id, ticket_id),
+        )
+        return [link_from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ reads
 
@@ -588,8 +901,11 @@ class TicketStore:
                          text_from_time(ticket.updated_at), ticket.last_seq, ticket.ticket_id),
                     )
 
-            # Step 3: the event itself.
+            # Step 3: the event itself, and the link it records for a merge or an escalation.
             await self._insert_event(db, event, envelope.origin_node)
+            linked_id = event.payload.get("target_ticket_id")
+            if event.kind in LINK_EVENT_KINDS and isinstance(linked_id, str):
+                await self._insert_link(db, event.ticket_id, event.kind, linked_id, event.seq)
 
         log.info(
             "remote event applied", ticket_id=ticket.ticket_id, seq=event.seq,

@@ -1,30 +1,53 @@
-"""CLI: ``hotline tickets`` shows a node's tickets and their events for operators."""
+"""CLI: ``hotline tickets`` lists a node's tickets, shows their event trail and applies lifecycle actions.
+
+Exit codes: 0 on success, 1 when the request is rejected (unknown ticket, action not allowed,
+missing reason), 2 when the configuration or the database cannot be used.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
-from hotline.config import ConfigError, load_node_config
-from storage.errors import StorageError, TicketNotFound
+from hotline.config import ConfigError, NodeConfig, load_node_config
+from hotline.logging import configure_logging
+from storage.errors import StorageBusy, StorageError, TicketConflict, TicketNotFound
 from storage.ticket_store import TicketStore
+from tickets.lifecycle import (
+    ACTIONS,
+    CANCEL_REASONS,
+    RETURN_REASONS,
+    Field,
+    TransitionRejected,
+    allowed_actions,
+    event_kind_label,
+    reason_label,
+)
+from tickets.model import TicketEvent, TicketState, Tier
 
 CHINA = ZoneInfo("Asia/Shanghai")
 
+LINK_LABELS = {"merged": "并入", "escalated": "提级至"}
 
-def _local(moment) -> str:
+
+def _local(moment: datetime) -> str:
     return moment.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _open_store(config: NodeConfig) -> TicketStore:
+    return await TicketStore.open(config.database, config.node_id, config.region_code, tier=Tier(config.tier))
 
 
 async def _list(config_path: Path, limit: int) -> Table:
     config = load_node_config(config_path)
-    async with await TicketStore.open(config.database, config.node_id, config.region_code) as store:
+    async with await _open_store(config) as store:
         tickets = await store.list_tickets(limit=limit)
 
     table = Table(title=f"节点 {config.node_id} 的工单（共 {len(tickets)} 张）")
@@ -36,24 +59,108 @@ async def _list(config_path: Path, limit: int) -> Table:
     return table
 
 
-async def _show(config_path: Path, ticket_id: str) -> Table:
+def _state_change(event: TicketEvent) -> str:
+    if event.to_state is None:
+        return f"（仍为{event.from_state.label}）" if event.from_state else ""
+    if event.from_state is None:
+        return event.to_state.label
+    return f"{event.from_state.label} → {event.to_state.label}"
+
+
+def _who(event: TicketEvent) -> str:
+    return f"{event.tier.label}级 {event.office}" if event.office else f"{event.tier.label}级"
+
+
+async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
     config = load_node_config(config_path)
-    async with await TicketStore.open(config.database, config.node_id, config.region_code) as store:
+    async with await _open_store(config) as store:
         ticket = await store.get_ticket(ticket_id)
         events = await store.list_events(ticket_id)
+        links = await store.list_links(ticket_id)
 
-    table = Table(title=f"工单 {ticket.ticket_id}（{ticket.category.label}，{ticket.state.label}）")
-    for column in ("序号", "时间（北京时间）", "事件", "操作人", "内容"):
+    # The event trail, oldest first.
+    table = Table(title=f"工单 {ticket.ticket_id}（{ticket.category.label}，当前状态：{ticket.state.label}）")
+    for column in ("序号", "时间（北京时间）", "事件", "状态变化", "操作人", "层级和部门", "原因", "备注", "内容"):
         table.add_column(column)
     for event in events:
         details = "，".join(f"{key}={value}" for key, value in (event.payload or {}).items() if value not in (None, ""))
-        table.add_row(str(event.seq), _local(event.occurred_at), event.kind, event.actor, details)
-    return table
+        table.add_row(
+            str(event.seq), _local(event.occurred_at), event_kind_label(event.kind), _state_change(event),
+            event.actor, _who(event), reason_label(event.reason) or "", event.note or "", details,
+        )
+    output: list[RenderableType] = [table]
+
+    # Links to merged or escalated tickets, in both directions.
+    for link in links:
+        if link.ticket_id == ticket.ticket_id:
+            output.append(f"关联：本工单{LINK_LABELS.get(link.kind, link.kind)} {link.linked_ticket_id}（第 {link.seq} 号事件）")
+        else:
+            output.append(f"关联：工单 {link.ticket_id} {LINK_LABELS.get(link.kind, link.kind)}本工单")
+
+    # What an operator can do next; a parent tier only stores copies of its children's tickets.
+    if ticket.origin_node != config.node_id:
+        output.append(f"本工单由节点 {ticket.origin_node} 受理，本节点只保存副本，办理操作须在该节点执行。")
+    else:
+        rules = allowed_actions(ticket.state)
+        if rules:
+            output.append("可执行的操作：" + "、".join(f"{rule.name}（{rule.label}）" for rule in rules))
+        else:
+            output.append(f"「{ticket.state.label}」是终结状态，不能再执行任何操作。")
+    return output
 
 
-@click.group(help="查看本节点的工单。")
+async def _transition(
+    config_path: Path,
+    ticket_id: str,
+    action: str,
+    operator: str,
+    reason: str | None,
+    note: str | None,
+    office: str | None,
+    target: str | None,
+) -> str:
+    config = load_node_config(config_path)
+    async with await _open_store(config) as store:
+        event = await store.apply_action(
+            ticket_id, action, operator, reason=reason, note=note, office=office, target_ticket_id=target,
+        )
+
+    rule = ACTIONS[action]
+    if event.to_state is None:
+        state = event.from_state.label if event.from_state else ""
+        return f"工单 {ticket_id}：已记录{rule.label}，状态仍为「{state}」（第 {event.seq} 号事件，操作人 {operator}）。"
+    previous = event.from_state.label if event.from_state else ""
+    return (
+        f"工单 {ticket_id}：{previous} → {event.to_state.label}"
+        f"（{rule.label}，第 {event.seq} 号事件，操作人 {operator}）。"
+    )
+
+
+def _describe_actions() -> list[RenderableType]:
+    table = Table(title="工单操作")
+    for column in ("操作", "名称", "适用状态", "结果状态", "必填项"):
+        table.add_column(column)
+    for rule in ACTIONS.values():
+        states = "、".join(state.label for state in TicketState if state in rule.from_states)
+        result = rule.to_state.label if rule.to_state else "状态不变"
+        required = "、".join(field.label for field in Field if field in rule.requires) or "无"
+        table.add_row(rule.name, rule.label, states, result, required)
+
+    reasons: list[RenderableType] = [table]
+    for title, codes in (("退回（return）原因代码", RETURN_REASONS), ("撤销（cancel）原因代码", CANCEL_REASONS)):
+        reason_table = Table(title=title)
+        reason_table.add_column("代码")
+        reason_table.add_column("含义")
+        for code, label in codes.items():
+            reason_table.add_row(code, label)
+        reasons.append(reason_table)
+    return reasons
+
+
+@click.group(help="查看和办理本节点的工单。")
 def tickets() -> None:
-    pass
+    # Only warnings and errors go to stderr, so stdout contains only the operator's output.
+    configure_logging("WARNING")
 
 
 @tickets.command("list", help="列出本节点保存的工单（本节点受理的和下级上报的）。")
@@ -68,16 +175,74 @@ def list_command(config_path: Path, limit: int) -> None:
     Console().print(table)
 
 
-@tickets.command("show", help="显示一张工单的全部事件。")
+@tickets.command("show", help="显示一张工单的全部事件（办理轨迹）、关联工单和下一步可执行的操作。")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
 @click.argument("ticket_id")
 def show_command(config_path: Path, ticket_id: str) -> None:
     try:
-        table = asyncio.run(_show(config_path, ticket_id))
+        output = asyncio.run(_show(config_path, ticket_id))
     except TicketNotFound:
         click.echo(f"找不到工单 {ticket_id}，请用 hotline tickets list 查看已有的工单号。", err=True)
         sys.exit(1)
     except (ConfigError, StorageError) as exc:
         click.echo(f"无法读取工单：{exc}", err=True)
         sys.exit(2)
-    Console().print(table)
+    console = Console()
+    for item in output:
+        console.print(item)
+
+
+@tickets.command(
+    "transition",
+    help="对本节点受理的工单执行一个办理操作（派单、签收、退回、办结、催办等），并打印新的状态。"
+    "操作名和原因代码见 hotline tickets actions。",
+)
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
+@click.argument("ticket_id")
+@click.argument("action")
+@click.option("--operator", required=True, help="操作人（坐席工号或账号），记入办理轨迹。")
+@click.option("--reason", default=None, help="原因代码，退回（return）和撤销（cancel）必填。")
+@click.option("--note", default=None, help="备注，例如办理结果；挂起、办结、重办和督办必填。")
+@click.option("--office", default=None, help="操作人所在部门；督办（supervise）时填督办部门，必填。")
+@click.option("--target", default=None, help="关联工单号：并单（merge）时为并入的工单，提级（escalate）时为上级工单。")
+def transition_command(
+    config_path: Path,
+    ticket_id: str,
+    action: str,
+    operator: str,
+    reason: str | None,
+    note: str | None,
+    office: str | None,
+    target: str | None,
+) -> None:
+    if not operator.strip():
+        click.echo("操作未执行：--operator 不能为空，请填写坐席工号或账号。", err=True)
+        sys.exit(1)
+
+    try:
+        message = asyncio.run(_transition(config_path, ticket_id, action, operator, reason, note, office, target))
+    except TransitionRejected as exc:
+        click.echo(f"操作未执行：{exc}", err=True)
+        sys.exit(1)
+    except TicketNotFound as exc:
+        click.echo(f"操作未执行：找不到工单 {exc.ticket_id}，请用 hotline tickets list 查看已有的工单号。", err=True)
+        sys.exit(1)
+    except TicketConflict:
+        click.echo(
+            f"操作未执行：工单 {ticket_id} 不是本节点受理的，本节点只保存副本，请在受理它的节点上办理。", err=True
+        )
+        sys.exit(1)
+    except StorageBusy:
+        click.echo("操作未执行：数据库正被其他程序长时间占用，请稍后重试。", err=True)
+        sys.exit(2)
+    except (ConfigError, StorageError) as exc:
+        click.echo(f"操作未执行：{exc}", err=True)
+        sys.exit(2)
+    click.echo(message)
+
+
+@tickets.command("actions", help="列出全部工单操作、适用的状态、必填项和原因代码。")
+def actions_command() -> None:
+    console = Console()
+    for item in _describe_actions():
+        console.print(item)
