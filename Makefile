@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 HOTLINE_CACHE ?= /var/cache/hotline
 export HOTLINE_CACHE
 
-DEBIAN_PACKAGES := python3-venv debootstrap sip-tester mosquitto espeak-ng ffmpeg sox tcpdump iproute2 procps util-linux
+DEBIAN_PACKAGES := python3-venv debootstrap sip-tester mosquitto espeak-ng ffmpeg sox tcpdump iproute2 procps util-linux \
+	graphviz fonts-wqy-microhei
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Tests and the demo run in a private network namespace that holds only a loopback

@@ -66,6 +66,7 @@ class _Waiter:
     call_id: str
     skill: str
     exclude: frozenset[str]
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +163,15 @@ class AgentPool:
         return any(s.logged_in and skill in s.profile.skills for s in self._agents.values())
 
     async def reserve(
-        self, call_id: str, skill: str, *, timeout_s: float, exclude: Iterable[str] = ()
+        self, call_id: str, skill: str, *, timeout_s: float, exclude: Iterable[str] = (), priority: int = 0
     ) -> Reservation | None:
         """Wait up to ``timeout_s`` for an eligible agent and reserve it for ``call_id``.
 
-        Returns None on timeout. An agent that an earlier waiting call could also take
-        goes to that earlier call, so calls are served in arrival order within a skill.
+        Returns None on timeout. An agent that a call ahead could also take goes to that
+        call. Calls with a higher ``priority`` (an emergency) are ahead of all calls with a
+        lower one, and calls of equal priority are served in arrival order.
         """
-        waiter = _Waiter(call_id, skill, frozenset(exclude))
+        waiter = _Waiter(call_id, skill, frozenset(exclude), priority)
         self._waiting.append(waiter)
         try:
             async with self._changed:
@@ -189,7 +191,11 @@ class AgentPool:
             await self._notify()
 
     def _pick_for(self, waiter: _Waiter) -> _AgentStatus | None:
-        earlier = self._waiting[: self._waiting.index(waiter)]
+        position = self._waiting.index(waiter)
+        earlier = [
+            other for index, other in enumerate(self._waiting)
+            if other.priority > waiter.priority or (other.priority == waiter.priority and index < position)
+        ]
         candidates = [s for s in self._agents.values() if self._eligible(s, waiter.skill, waiter.exclude)]
         candidates.sort(key=lambda s: (s.idle_since, s.profile.agent_id))
         for status in candidates:

@@ -60,6 +60,8 @@ class Telephony(_Strict):
     # Folder of prompt audio as Asterisk sees it (inside its root), without a trailing slash.
     prompt_sound_dir: str
     roster: Path
+    # Admin's working-day overrides on top of the State Council holiday data.
+    calendar_overrides: Path | None = None
 
 
 class NodeConfig(_Strict):

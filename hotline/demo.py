@@ -257,6 +257,7 @@ telephony:
   prompt_catalog: {REPO_ROOT / 'prompts' / 'zh-CN.yaml'}
   prompt_sound_dir: {self.asterisk.instance_dir / 'sounds'}
   roster: {roster}
+  calendar_overrides: {REPO_ROOT / 'config' / 'calendar-overrides.yaml'}
 """)
         county = _NodeProcess("county", self.county_config, self.work_dir)
         self._exit.callback(county.stop)

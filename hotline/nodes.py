@@ -25,9 +25,11 @@ from hwd_bridge.ami_errors import AmiError
 from hwd_bridge.ami_protocol import AmiMessage
 from hwd_bridge.fastagi_server import FastAgiServer
 from ivr.engine import FlowRunner
-from ivr.flow import Flow, load_flow
+from ivr.flow import Flow
+from ivr.flow_registry import FlowRegistry, FlowWatcher
 from speech.catalog import load_catalog
 from storage.ticket_store import TicketStore
+from tickets.calendar import WorkingCalendar, load_calendar_overrides
 from tier_sync.outbox_publisher import OutboxPublisher, PublisherSettings
 from tier_sync.tier_receiver import TierReceiver
 
@@ -38,11 +40,14 @@ HOTLINE_ROUTE = "ivr/12349"
 
 AMI_READY_TIMEOUT_S = 30.0
 
+# How often the node re-reads its flow file and the version store's active pointer.
+FLOW_POLL_INTERVAL_S = 1.0
+
 
 class CountyNode:
     """A call-taking node. ``start`` returns once calls can be taken; ``stop`` undoes it."""
 
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, *, flow_poll_interval_s: float = FLOW_POLL_INTERVAL_S):
         if config.telephony is None or config.parent is None:
             raise ValueError("a county node needs telephony and parent settings")
         self.config = config
@@ -51,7 +56,9 @@ class CountyNode:
         self._publisher: OutboxPublisher | None = None
         self._ami: AmiClient | None = None
         self._server: FastAgiServer | None = None
-        self._flow: Flow | None = None
+        self._flows: FlowRegistry | None = None
+        self._flow_watcher: FlowWatcher | None = None
+        self._flow_poll_interval_s = flow_poll_interval_s
         self._pool: AgentPool | None = None
         self._runner: FlowRunner | None = None
         self._desk: TicketDesk | None = None
@@ -61,6 +68,12 @@ class CountyNode:
         assert self._server is not None
         return self._server.port
 
+    @property
+    def flow(self) -> Flow:
+        """The flow that new calls start on."""
+        assert self._flows is not None
+        return self._flows.current()
+
     async def start(self) -> None:
         telephony = self._telephony
         parent = self.config.parent
@@ -68,7 +81,11 @@ class CountyNode:
 
         # Load and check everything a caller depends on before opening any port.
         catalog = load_catalog(telephony.prompt_catalog)
-        self._flow = load_flow(telephony.flow, prompt_ids=set(catalog))
+        # The flow comes from telephony.flow through the version store next to the database,
+        # which keeps every activated version for rollback and is shared with `hotline flows`.
+        self._flows = FlowRegistry.for_database(self.config.database, prompt_ids=set(catalog))
+        flow = self._flows.start_from_file(telephony.flow)
+        self._flow_watcher = FlowWatcher(self._flows, telephony.flow, interval_s=self._flow_poll_interval_s)
         self._pool = AgentPool(load_roster(telephony.roster))
 
         self._store = await TicketStore.open(self.config.database, self.config.node_id, self.config.region_code)
@@ -78,7 +95,8 @@ class CountyNode:
         )
         await self._publisher.start()
         self._desk = TicketDesk(self._store, on_written=self._publisher.notify)
-        self._runner = FlowRunner(self._pool, self._desk)
+        overrides = load_calendar_overrides(telephony.calendar_overrides) if telephony.calendar_overrides else None
+        self._runner = FlowRunner(self._pool, self._desk, calendar=WorkingCalendar.default(overrides))
 
         # AMI first, so agent states are known before the first call arrives.
         secret = Path(telephony.ami.secret_file).read_text(encoding="utf-8").strip()
@@ -92,12 +110,15 @@ class CountyNode:
         self._server = FastAgiServer({HOTLINE_ROUTE: self._handle_call}, host=telephony.fastagi.host,
                                      port=telephony.fastagi.port)
         await self._server.start()
+        self._flow_watcher.start()
         log.info("county node ready", node_id=self.config.node_id, region=self.config.region_code,
-                 flow=self._flow.flow_id, flow_version=self._flow.version[:12], agents=len(self._pool.agent_ids),
+                 flow=flow.flow_id, flow_version=flow.version[:12], agents=len(self._pool.agent_ids),
                  port=self._server.port)
 
     async def stop(self) -> None:
         """Stop taking calls, let live calls finish briefly, then close sync and storage."""
+        if self._flow_watcher is not None:
+            await self._flow_watcher.stop()
         if self._server is not None:
             await self._server.stop(grace_s=5)
         if self._ami is not None:
@@ -109,10 +130,12 @@ class CountyNode:
         log.info("county node stopped", node_id=self.config.node_id)
 
     async def _handle_call(self, env: AgiEnvironment, channel: AgiChannel) -> None:
-        assert self._runner is not None and self._flow is not None and self._desk is not None
+        assert self._runner is not None and self._flows is not None and self._desk is not None
         call = call_from_agi_environment(env)
         port = AgiCallPort(channel, self._prompt_path)
-        flow = self._flow  # a call finishes on the flow version it started with
+        # Read once: the call finishes on the flow version it started with, even if an edit
+        # or a rollback is activated meanwhile.
+        flow = self._flows.current()
 
         session = await self._runner.run(flow, call, port)
 

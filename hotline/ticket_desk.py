@@ -1,6 +1,7 @@
 """Application: turns what happens on a call into call records, tickets and ticket events.
 
-The flow runner calls ``category_chosen`` and ``agent_answered`` while the call runs;
+The flow runner calls the ``CallHooks`` methods (a category chosen, an agent answered,
+an emergency, a voice message, a callback request, a survey answer) while the call runs;
 the controller calls ``finish_call`` once it ends. Every write goes to SQLite first (the
 ticket, its event and the outbox row in one transaction); ``on_written`` then wakes the
 upward sync. A storage failure is logged with the call id and never breaks the call.
@@ -41,7 +42,7 @@ class TicketDesk:
         if session.ticket_id is None:
             return
 
-        payload = {
+        payload: dict[str, object] = {
             "agent_id": session.agent_id,
             "skill": session.skill,
             "talk_seconds": round(session.talk_seconds, 1),
@@ -49,15 +50,62 @@ class TicketDesk:
         }
         await self._append(session, "agent_answered", payload)
 
+    async def emergency_raised(self, session: CallSession) -> None:
+        """Write an ``emergency_alert`` event, which the upward sync carries to the other tiers.
+
+        The ticket's state does not change: the alert asks the tiers to watch the call.
+        """
+        # Other need tags (a disability, for example) are sensitive and stay off the event.
+        await self._event_with_ticket(session, "emergency_alert", {
+            "need": session.emergency_need,
+            "priority": session.priority,
+            "node": session.last_node,
+            "skill": session.skill,
+        })
+
+    async def message_recorded(self, session: CallSession) -> None:
+        await self._event_with_ticket(session, "voice_message", {
+            "file_name": session.recording_file,
+            "duration_seconds": round(session.recording_seconds, 1),
+        })
+
+    async def callback_requested(self, session: CallSession) -> None:
+        # The county's agents need the clear number to call back. The upward envelope
+        # masks phone numbers in every payload string, so only this tier stores it.
+        # NOTE: it is stored unencrypted, like the caller number in the call records.
+        await self._event_with_ticket(session, "callback_requested", {
+            "number": session.callback_number,
+            "number_masked": mask_phone(session.callback_number),
+            "caller_number": session.callback_is_caller_number,
+        })
+
+    async def survey_answered(self, session: CallSession) -> None:
+        await self._event_with_ticket(session, "satisfaction", {
+            "score": session.survey_score,
+            "agent_id": session.agent_id,
+        })
+
+    async def _event_with_ticket(self, session: CallSession, kind: str, payload: dict[str, object]) -> None:
+        """Append an event, opening the call's ticket first when it has none."""
+        if session.ticket_id is None:
+            await self._open_ticket(session, reason=kind)
+        if session.ticket_id is None:
+            return
+        await self._append(session, kind, payload)
+
     async def finish_call(self, session: CallSession) -> None:
         """Write the call record and, for a call with a ticket, the call's final event."""
         if session.ticket_id is not None:
             duration = (session.ended_at - session.call.started_at).total_seconds() if session.ended_at else None
-            payload = {
+            payload: dict[str, object] = {
                 "outcome": session.outcome.value if session.outcome else None,
                 "last_node": session.last_node,
                 "duration_seconds": round(duration, 1) if duration is not None else None,
                 "path": list(session.path),
+                "emergency": session.emergency,
+                "priority": session.priority,
+                "fields": dict(session.fields),
+                "transferred_to": session.transferred_to,
             }
             await self._append(session, "call_ended", payload)
 

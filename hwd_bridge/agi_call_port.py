@@ -9,6 +9,7 @@ that turns ``agi_*`` variables into a domain ``Call``.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -27,6 +28,7 @@ from ivr.ports import (
     DigitInput,
     DigitOutcome,
     PlaybackResult,
+    RecordingResult,
 )
 
 log = structlog.get_logger(__name__)
@@ -35,6 +37,15 @@ _T = TypeVar("_T")
 
 # A PJSIP endpoint name. Commas, '&' and '|' would add Dial options or extra targets.
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# A number dialled out through a trunk, and a trunk (PJSIP endpoint) name.
+_NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
+
+# A recording name: no path separators and no '.', which Record reads as the format.
+_RECORDING_NAME_RE = re.compile(r"[^A-Za-z0-9_\-]")
+
+# Record's RECORD_STATUS values (Asterisk 22 app_record.c) that mean nothing was kept.
+_RECORD_FAILED = frozenset({"ERROR", ""})
 
 # An answered Dial lasts as long as the conversation, so its reply may take this long.
 DEFAULT_MAX_TALK_S: Final = 4 * 3600.0
@@ -66,11 +77,15 @@ class AgiCallPort:
         *,
         fallback_prompt_id: str | None = None,
         max_talk_s: float = DEFAULT_MAX_TALK_S,
+        recording_dir: str = "hotline-messages",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
         self._prompt_path = prompt_path
         self._fallback_prompt_id = fallback_prompt_id
         self._max_talk_s = max_talk_s
+        self._recording_dir = recording_dir
+        self._clock = clock
 
     async def answer(self) -> None:
         await self._call(self._channel.answer())
@@ -109,13 +124,52 @@ class AgiCallPort:
         """
         if not _ENDPOINT_RE.match(endpoint):
             raise ValueError(f"invalid agent endpoint {endpoint!r}: use letters, digits, '.', '_' and '-'")
+        return await self._dial(f"PJSIP/{endpoint}", endpoint, ring_timeout_s)
+
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+        """Dial ``PJSIP/<number>@<trunk>``: the trunk is a PJSIP endpoint toward the other tier or carrier.
+
+        The result is read the same way as for an agent.
+        """
+        if not _NUMBER_RE.match(number):
+            raise ValueError(f"invalid transfer number {number!r}: use digits with an optional leading '+'")
+        if not _ENDPOINT_RE.match(trunk):
+            raise ValueError(f"invalid trunk {trunk!r}: use letters, digits, '.', '_' and '-'")
+        return await self._dial(f"PJSIP/{number}@{trunk}", trunk, ring_timeout_s)
+
+    async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:
+        """Record after a beep with the Record application, until silence, ``#`` or ``max_seconds``.
+
+        The file is ``<recording_dir>/<name>.wav`` under Asterisk's sounds folder, and
+        the returned ``file_name`` is that path. The option ``k`` keeps the file when
+        the caller hangs up during the recording.
+        """
+        safe_name = _RECORDING_NAME_RE.sub("-", name)
+        file_name = f"{self._recording_dir}/{safe_name}.wav"
+        started = self._clock()
+        await self._call(self._channel.exec("Record", f"{file_name},{silence_s},{max_seconds},k",
+                                            timeout_s=max_seconds + 30))
+        elapsed = self._clock() - started
+        status = await self._call(self._channel.get_variable("RECORD_STATUS")) or ""
+
+        if status in _RECORD_FAILED:
+            log.warning("recording failed", file=file_name, record_status=status)
+            return RecordingResult(file_name=file_name, duration_s=0.0)
+
+        # NOTE: Record does not report the length it kept; this is the time Record ran,
+        # less the closing silence when silence ended it, so it is an estimate.
+        spoken = elapsed - silence_s if status == "SILENCE" else elapsed
+        log.info("recording finished", file=file_name, record_status=status, seconds=round(spoken, 1))
+        return RecordingResult(file_name=file_name, duration_s=max(min(spoken, float(max_seconds)), 0.0))
+
+    async def _dial(self, target: str, endpoint: str, ring_timeout_s: int) -> DialResult:
         if ring_timeout_s <= 0:
             raise ValueError(f"ring_timeout_s must be positive, got {ring_timeout_s}")
 
-        # Step 1: dial. The reply comes when the agent did not answer or the call ended.
+        # Step 1: dial. The reply comes when the far end did not answer or the call ended.
         timeout_s = ring_timeout_s + self._max_talk_s
         result = await self._call(
-            self._channel.exec("Dial", f"PJSIP/{endpoint},{ring_timeout_s}", timeout_s=timeout_s)
+            self._channel.exec("Dial", f"{target},{ring_timeout_s}", timeout_s=timeout_s)
         )
         if result < 0:
             # The caller hung up, while the agent rang or after they talked. The AGI still

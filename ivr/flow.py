@@ -9,10 +9,12 @@ bytes, so a call record names exactly the text it ran. Every problem is reported
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -36,58 +38,240 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Limits on caller input retries: the validator rejects flows that exceed them, so a silent
+# caller always leaves an input node after a known number of prompts.
+MAX_ATTEMPTS_LIMIT = 5
+MAX_EXTRA_ATTEMPTS = 2
+
+# A need tag is free text chosen by the admins (需语速放缓, 听力障碍, 紧急 ...).
+NeedTag = Annotated[str, Field(min_length=1, max_length=16)]
+PromptId = Annotated[str, Field(min_length=1, max_length=80)]
+SkillName = Annotated[str, Field(pattern=SKILL_PATTERN)]
+# "08:30-17:30" in Asia/Shanghai time; the end may be 24:00 for "until midnight".
+TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]-(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+
+
 class MenuChoice(_Strict):
     """Action of one menu key: optionally set the category and skill, then go to ``next``."""
 
     next: str
     category: str | None = None
-    skill: Annotated[str, Field(pattern=SKILL_PATTERN)] | None = None
+    skill: SkillName | None = None
     label: str | None = None
+
+
+class _InputNode(_Strict):
+    """Fields shared by nodes that wait for the caller's keys."""
+
+    timeout_ms: Annotated[int, Field(ge=1000, le=60000)] = 5000
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    # A list escalates: the n-th failed attempt plays the n-th prompt, the last one repeats.
+    invalid_prompt: PromptId | list[PromptId] | None = None
+    no_input_prompt: PromptId | list[PromptId] | None = None
+    on_exhausted: str
 
 
 class PlayNode(_Strict):
     type: Literal["play"]
-    prompt: str
+    prompt: PromptId
     next: str
 
 
-class MenuNode(_Strict):
+class MenuNode(_InputNode):
     type: Literal["menu"]
-    prompt: str
+    prompt: PromptId
     choices: dict[str, MenuChoice]
-    timeout_ms: Annotated[int, Field(ge=1000, le=60000)] = 5000
-    max_attempts: Annotated[int, Field(ge=1, le=5)] = 3
-    invalid_prompt: str | None = None
-    no_input_prompt: str | None = None
-    on_exhausted: str
+
+
+class ReadBack(_Strict):
+    """Read collected digits back: intro, the digits one by one, then the confirm question.
+
+    The confirm prompt offers 1 to accept and 2 to enter the digits again.
+    """
+
+    prompt: PromptId
+    confirm_prompt: PromptId
+    # "need": read back only for callers with a need whose profile sets ``confirm``.
+    when: Literal["always", "need"] = "always"
+
+
+class CollectNode(_InputNode):
+    """Collect a digit string (an ID number, a callback number) into ``session.collected[field]``."""
+
+    type: Literal["collect"]
+    prompt: PromptId
+    field: Annotated[str, Field(pattern=SKILL_PATTERN)]
+    min_digits: Annotated[int, Field(ge=1, le=32)] = 1
+    max_digits: Annotated[int, Field(ge=1, le=32)]
+    terminator: Literal["#", "*", ""] = "#"
+    check: Literal["none", "id_number", "phone"] = "none"
+    read_back: ReadBack | None = None
+    next: str
+
+
+class SetNode(_Strict):
+    """Set ticket fields and need tags on the call, then go to ``next``."""
+
+    type: Literal["set"]
+    category: str | None = None
+    skill: SkillName | None = None
+    needs: list[NeedTag] = []
+    priority: Annotated[int, Field(ge=0, le=9)] | None = None
+    fields: dict[Annotated[str, Field(pattern=SKILL_PATTERN)], Annotated[str, Field(max_length=200)]] = {}
+    next: str
+
+
+class BranchCondition(_Strict):
+    """A test on the call; every field given must hold for the case to match."""
+
+    need: NeedTag | None = None
+    time: Annotated[str, Field(pattern=TIME_OF_DAY_PATTERN)] | None = None
+    working_day: bool | None = None
+    agents_for: SkillName | None = None
+    agents_available: bool = True
+
+
+class BranchCase(_Strict):
+    when: BranchCondition
+    next: str
+
+
+class BranchNode(_Strict):
+    """Go to the first case whose condition holds, else to ``otherwise``."""
+
+    type: Literal["branch"]
+    cases: Annotated[list[BranchCase], Field(min_length=1)]
+    otherwise: str
 
 
 class QueueNode(_Strict):
     """Connect the caller to an agent with the call's skill (or ``skill`` when given)."""
 
     type: Literal["queue"]
-    prompt: str
-    wait_prompt: str
-    skill: Annotated[str, Field(pattern=SKILL_PATTERN)] | None = None
+    prompt: PromptId
+    wait_prompt: PromptId
+    skill: SkillName | None = None
     max_wait_s: Annotated[int, Field(ge=5, le=1800)] = 120
     announce_every_s: Annotated[int, Field(ge=5, le=300)] = 20
     ring_timeout_s: Annotated[int, Field(ge=5, le=120)] = 20
-    retry_prompt: str | None = None
+    retry_prompt: PromptId | None = None
     next: str
     on_no_agent: str
 
 
+class TransferNode(_Strict):
+    """Send the caller to another tier or an outside number through a configured trunk."""
+
+    type: Literal["transfer"]
+    prompt: PromptId
+    number: Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]
+    trunk: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,40}$")]
+    tier: Literal["county", "city", "province", "national", "outside"] = "outside"
+    ring_timeout_s: Annotated[int, Field(ge=5, le=120)] = 30
+    next: str
+    on_failed: str
+
+
+class RecordNode(_Strict):
+    """Record a voice message; it becomes a ticket event naming the recording file."""
+
+    type: Literal["record"]
+    prompt: PromptId
+    max_seconds: Annotated[int, Field(ge=5, le=300)] = 60
+    silence_s: Annotated[int, Field(ge=2, le=30)] = 5
+    next: str
+
+
+class CallbackNode(_Strict):
+    """Offer a callback to the caller's own number or to a number the caller types in."""
+
+    type: Literal["callback"]
+    prompt: PromptId
+    number_prompt: PromptId
+    read_back: ReadBack
+    done_prompt: PromptId
+    timeout_ms: Annotated[int, Field(ge=1000, le=60000)] = 8000
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    next: str
+    on_exhausted: str
+
+
+class SurveyNode(_Strict):
+    """Ask for one satisfaction key 1-5 after the agent hangs up."""
+
+    type: Literal["survey"]
+    prompt: PromptId
+    thanks_prompt: PromptId | None = None
+    timeout_ms: Annotated[int, Field(ge=1000, le=60000)] = 6000
+    next: str
+
+
 class HangupNode(_Strict):
     type: Literal["hangup"]
-    prompt: str | None = None
+    prompt: PromptId | None = None
 
 
-Node = Annotated[Union[PlayNode, MenuNode, QueueNode, HangupNode], Field(discriminator="type")]
+Node = Annotated[
+    Union[
+        PlayNode, MenuNode, CollectNode, SetNode, BranchNode, QueueNode, TransferNode, RecordNode, CallbackNode,
+        SurveyNode, HangupNode,
+    ],
+    Field(discriminator="type"),
+]
+NODE_TYPES = ("play", "menu", "collect", "set", "branch", "queue", "transfer", "record", "callback", "survey", "hangup")
 _NODE_ADAPTER: TypeAdapter[Node] = TypeAdapter(Node)
+
+# Nodes that wait for keys, where the flow-wide handler keys work.
+INPUT_NODES = (MenuNode, CollectNode, CallbackNode)
+
+# Nodes that end the flow's own handling of a call: a hang-up, a queue, a transfer.
+TERMINAL_NODES = (HangupNode, QueueNode, TransferNode)
+
+
+class NeedProfile(_Strict):
+    """Input settings for callers with one need tag. For several tags the most patient value wins."""
+
+    rendition: Literal["slow"] | None = None
+    timeout_factor: Annotated[float, Field(ge=1.0, le=3.0)] = 1.0
+    extra_attempts: Annotated[int, Field(ge=0)] = 0
+    confirm: bool = False
+    label: str | None = None
+
+
+class HumanHandler(_Strict):
+    """A key that reaches a human from any menu or digit entry."""
+
+    key: str
+    skill: SkillName | None = None
+    next: str
+
+
+class EmergencyHandler(_Strict):
+    """A key that marks the call urgent, raises a cross-tier alert and jumps the queue."""
+
+    key: str
+    need: NeedTag = "紧急"
+    priority: Annotated[int, Field(ge=1, le=9)] = 9
+    skill: SkillName | None = None
+    prompt: PromptId | None = None
+    next: str
+
+
+class MaxDurationHandler(_Strict):
+    """Bound on a call's length in the flow; at the next node after it the call goes to ``next``."""
+
+    seconds: Annotated[int, Field(ge=60, le=14400)]
+    next: str
+
+
+class FlowHandlers(_Strict):
+    human: HumanHandler | None = None
+    emergency: EmergencyHandler | None = None
+    max_duration: MaxDurationHandler | None = None
 
 
 class FlowSettings(_Strict):
-    fallback_prompt: str | None = None
+    fallback_prompt: PromptId | None = None
 
 
 class _FlowHeader(_Strict):
@@ -95,7 +279,15 @@ class _FlowHeader(_Strict):
     title: str
     start: str
     settings: FlowSettings = FlowSettings()
+    needs: dict[NeedTag, NeedProfile] = {}
+    handlers: FlowHandlers = FlowHandlers()
     nodes: dict[str, Any]
+
+
+class FlowDocument(_FlowHeader):
+    """The whole flow file with typed nodes; used to publish the JSON schema."""
+
+    nodes: dict[Annotated[str, Field(pattern=NODE_ID_PATTERN)], Node]  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +320,11 @@ class Flow:
     source: str
     nodes: Mapping[str, Node]
     settings: FlowSettings
+    needs: Mapping[str, NeedProfile] = field(default_factory=lambda: MappingProxyType({}))
+    handlers: FlowHandlers = FlowHandlers()
+    # Prompt ids with a rendition (``main_menu@slow``) in the catalog the flow was checked
+    # against; the runner plays a rendition only when it is listed here.
+    renditions: frozenset[str] = frozenset()
 
     def node(self, node_id: str) -> Node:
         return self.nodes[node_id]
@@ -137,7 +334,10 @@ def _position(container: Any, key: Any, *, value: bool = False) -> tuple[int, in
     """Return the 1-based line and column of a key (or its value) in a ruamel container."""
     if isinstance(container, (CommentedMap, CommentedSeq)):
         try:
-            line, column = container.lc.value(key) if value else container.lc.key(key)
+            if isinstance(container, CommentedSeq):
+                line, column = container.lc.item(key)
+            else:
+                line, column = container.lc.value(key) if value else container.lc.key(key)
             return line + 1, column + 1
         except (KeyError, IndexError, TypeError):
             return container.lc.line + 1, container.lc.col + 1
@@ -165,34 +365,55 @@ _PYDANTIC_MESSAGES = {
     "missing": "缺少必填字段“{field}”，请补上",
     "extra_forbidden": "不认识的字段“{field}”，请检查拼写或删除",
     "literal_error": "字段“{field}”的值不对：{msg}",
-    "union_tag_invalid": "节点类型“{value}”不存在，可用的类型：play、menu、queue、hangup",
-    "union_tag_not_found": "节点缺少“type”字段，请写明 play、menu、queue 或 hangup",
-    "string_pattern_mismatch": "字段“{field}”的值“{value}”格式不对，只能用小写字母、数字和下划线，并以字母开头",
-    "greater_than_equal": "字段“{field}”的值 {value} 太小：{msg}",
-    "less_than_equal": "字段“{field}”的值 {value} 太大：{msg}",
+    "union_tag_invalid": "节点类型“{value}”不存在，可用的类型：" + "、".join(NODE_TYPES),
+    "union_tag_not_found": "节点缺少“type”字段，请写明类型之一：" + "、".join(NODE_TYPES),
+    "string_pattern_mismatch": "字段“{field}”的值“{value}”格式不对，{hint}",
+    "greater_than_equal": "字段“{field}”的值 {value} 太小，最小为 {ge}",
+    "less_than_equal": "字段“{field}”的值 {value} 太大，最大为 {le}",
     "int_parsing": "字段“{field}”应为整数，现在是“{value}”",
     "int_type": "字段“{field}”应为整数，现在是“{value}”",
     "string_type": "字段“{field}”应为文字，现在是“{value}”",
     "dict_type": "字段“{field}”应为映射（键: 值），现在是“{value}”",
     "model_type": "“{field}”应为映射（键: 值），现在是“{value}”",
+    "list_type": "字段“{field}”应为列表，现在是“{value}”",
+    "bool_type": "字段“{field}”应为 true 或 false，现在是“{value}”",
+    "bool_parsing": "字段“{field}”应为 true 或 false，现在是“{value}”",
+    "float_parsing": "字段“{field}”应为数字，现在是“{value}”",
+    "too_short": "字段“{field}”不能为空，请至少写一项",
+    "string_too_short": "字段“{field}”不能为空",
+    "string_too_long": "字段“{field}”的值太长：{msg}",
 }
+
+
+# Accepted format of each field with a pattern, named in the message when a value does not match.
+_PATTERN_HINTS = {
+    "time": "请写成“时:分-时:分”，两位数字，如 08:30-17:30（北京时间）",
+    "number": "只能是数字，可以以 + 开头，共 3 到 20 位",
+    "trunk": "只能用字母、数字、点、下划线和减号",
+}
+_ID_HINT = "只能用小写字母、数字和下划线，并以字母开头"
 
 
 def _message_for(error: Mapping[str, Any]) -> str:
     loc = error.get("loc", ())
-    field = str(loc[-1]) if loc else "?"
+    field_name = str(loc[-1]) if loc else "?"
     template = _PYDANTIC_MESSAGES.get(error["type"], "字段“{field}”无效：{msg}")
-    value = error.get("ctx", {}).get("tag", error.get("input"))
-    return template.format(field=field, value=value, msg=error.get("msg", ""))
+    context = error.get("ctx", {})
+    value = context.get("tag", error.get("input"))
+    return template.format(field=field_name, value=value, msg=error.get("msg", ""),
+                           hint=_PATTERN_HINTS.get(field_name, _ID_HINT), ge=context.get("ge"), le=context.get("le"))
 
 
 class _Checker:
     """Collects schema and graph issues for one flow document."""
 
-    def __init__(self, path: str, document: CommentedMap, prompt_ids: frozenset[str] | None):
+    def __init__(
+        self, path: str, document: CommentedMap, prompt_ids: frozenset[str] | None, audio_dir: Path | None = None
+    ):
         self.path = path
         self.document = document
         self.prompt_ids = prompt_ids
+        self.audio_dir = audio_dir
         self.issues: list[FlowIssue] = []
 
     def add(self, loc: Iterable[Any], message: str, *, at_value: bool = False) -> None:
@@ -208,7 +429,7 @@ class _Checker:
 
     def add_validation_error(self, prefix: list[Any], error: ValidationError) -> None:
         for item in error.errors():
-            loc = [part for part in item["loc"] if not (isinstance(part, str) and part in {"play", "menu", "queue", "hangup"})]
+            loc = [part for part in item["loc"] if not (isinstance(part, str) and part in NODE_TYPES)]
             if item["type"] == "union_tag_invalid":
                 loc.append("type")
             self.add(prefix + loc, _message_for(item))
@@ -220,70 +441,287 @@ class _Checker:
             self.add(loc, f"跳转目标“{target}”不存在，请改成已定义的节点之一：{known}", at_value=True)
 
     def check_prompt(self, loc: list[Any], prompt_id: str | None) -> None:
-        if prompt_id is None or self.prompt_ids is None:
+        """Report a prompt with no text in the catalog or no rendered file in the audio folder."""
+        if prompt_id is None:
             return
-        if prompt_id not in self.prompt_ids:
-            self.add(loc, f"提示音“{prompt_id}”在提示音目录中没有文本，请先在 prompts/zh-CN.yaml 中添加", at_value=True)
+        at_value = not (loc and loc[-1] == "read_back")
+        if self.prompt_ids is not None and prompt_id not in self.prompt_ids:
+            self.add(loc, f"提示音“{prompt_id}”在提示音目录中没有文本，请先在 prompts/zh-CN.yaml 中添加", at_value=at_value)
+            return
+        if self.audio_dir is not None and not (self.audio_dir / f"{prompt_id}.wav").is_file():
+            self.add(loc, f"提示音“{prompt_id}”没有录音文件 {self.audio_dir / (prompt_id + '.wav')}，"
+                     "请运行 hotline prompts build 生成", at_value=at_value)
 
 
 def _node_targets(node: Node) -> list[tuple[list[Any], str]]:
     """Return (location suffix, target node id) for every edge leaving a node."""
-    if isinstance(node, PlayNode):
-        return [(["next"], node.next)]
     if isinstance(node, MenuNode):
-        edges = [(["choices", key, "next"], choice.next) for key, choice in node.choices.items()]
+        edges: list[tuple[list[Any], str]] = [
+            (["choices", key, "next"], choice.next) for key, choice in node.choices.items()
+        ]
         edges.append((["on_exhausted"], node.on_exhausted))
         return edges
-    if isinstance(node, QueueNode):
-        return [(["next"], node.next), (["on_no_agent"], node.on_no_agent)]
-    return []
+    if isinstance(node, BranchNode):
+        edges = [(["cases", index, "next"], case.next) for index, case in enumerate(node.cases)]
+        edges.append((["otherwise"], node.otherwise))
+        return edges
+    if isinstance(node, HangupNode):
+        return []
+
+    edges = [(["next"], node.next)]
+    for field_name in ("on_exhausted", "on_no_agent", "on_failed"):
+        target = getattr(node, field_name, None)
+        if target is not None:
+            edges.append(([field_name], target))
+    return edges
 
 
-def _node_prompts(node: Node) -> list[tuple[str, str | None]]:
+def _edge_label(suffix: list[Any]) -> str:
+    """Name an edge for people: the key of a menu choice, else the field that names the target."""
+    if suffix[0] == "choices":
+        return str(suffix[1])
+    return ".".join(str(part) for part in suffix)
+
+
+def flow_edges(flow: Flow) -> list[tuple[str, str, str]]:
+    """Return every edge of a flow as (source node, label, target node), in file order.
+
+    The label is the menu key for a menu choice (``"1"``) and otherwise the field that
+    names the target (``"next"``, ``"on_exhausted"``, ``"cases.0.next"``, ``"otherwise"``).
+    The flow-wide handler keys work in every menu and digit entry, so each such node also
+    gets an edge per handler, labelled ``"handlers.human"`` or ``"handlers.emergency"``,
+    unless a menu choice already uses that key.
+    """
+    handlers = [(name, getattr(flow.handlers, name)) for name in ("human", "emergency")]
+    edges: list[tuple[str, str, str]] = []
+    for node_id, node in flow.nodes.items():
+        for suffix, target in _node_targets(node):
+            edges.append((node_id, _edge_label(suffix), target))
+        if not isinstance(node, INPUT_NODES):
+            continue
+        for name, handler in handlers:
+            if handler is None or (isinstance(node, MenuNode) and handler.key in node.choices):
+                continue
+            edges.append((node_id, f"handlers.{name}", handler.next))
+    return edges
+
+
+# Edges a call follows with no key from the caller: a loop made only of these never ends
+# for a silent caller. Menu choices and accepted entries need a key, queue.next needs an
+# agent who answered, and transfer.next a far end that answered.
+_KEYED_EDGES = {
+    MenuNode: {"choices"},
+    CollectNode: {"next"},
+    CallbackNode: {"next"},
+    QueueNode: {"next"},
+    TransferNode: {"next"},
+}
+
+
+def _is_silent_edge(node: Node, suffix: list[Any]) -> bool:
+    return suffix[0] not in _KEYED_EDGES.get(type(node), set())
+
+
+def _node_prompts(node: Node) -> list[tuple[list[Any], str | None]]:
+    """Return (location suffix, prompt id) for every prompt a node plays."""
+    prompts: list[tuple[list[Any], str | None]] = []
+    for field_name in (
+        "prompt", "invalid_prompt", "no_input_prompt", "wait_prompt", "retry_prompt", "number_prompt",
+        "done_prompt", "thanks_prompt",
+    ):
+        if field_name not in type(node).model_fields:
+            continue
+        value = getattr(node, field_name)
+        if isinstance(value, list):
+            prompts.extend(([field_name, index], item) for index, item in enumerate(value))
+        else:
+            prompts.append(([field_name], value))
+
+    read_back = getattr(node, "read_back", None)
+    if read_back is not None:
+        prompts.append((["read_back", "prompt"], read_back.prompt))
+        prompts.append((["read_back", "confirm_prompt"], read_back.confirm_prompt))
+        prompts.extend((["read_back"], digit_prompt) for digit_prompt in DIGIT_PROMPTS)
+    return prompts
+
+
+# Read-back speaks each digit from its own recording; 1 is recorded as 幺 as on the phone.
+DIGIT_PROMPTS = tuple(f"digit_{digit}" for digit in "0123456789") + ("digit_x",)
+
+
+def _check_key(checker: _Checker, loc: list[Any], key: str) -> bool:
+    if len(str(key)) != 1 or str(key) not in DTMF_KEYS:
+        checker.add(loc, f"按键“{key}”无效，按键只能是 0-9、* 或 # 中的一个字符（数字键请加引号，如 \"1\"）")
+        return False
+    return True
+
+
+def _check_category(checker: _Checker, loc: list[Any], category: str | None) -> None:
+    if category is not None and category not in CATEGORIES:
+        known = "、".join(sorted(CATEGORIES))
+        checker.add(loc, f"业务类别“{category}”不存在，可用：{known}", at_value=True)
+
+
+def _check_attempts(checker: _Checker, loc: list[Any], attempts: int) -> None:
+    if attempts > MAX_ATTEMPTS_LIMIT:
+        checker.add(loc, f"重试次数 {attempts} 过多：来电者不按键时会一直重复，请改为 1 到 {MAX_ATTEMPTS_LIMIT} 之间",
+                    at_value=True)
+
+
+def _check_node(checker: _Checker, node_id: str, node: Node, handler_keys: Mapping[str, tuple[str, str]]) -> None:
+    """Check one node's fields beyond the schema: keys, categories, retry bounds, lengths, times."""
+    loc = ["nodes", node_id]
+
     if isinstance(node, MenuNode):
-        return [("prompt", node.prompt), ("invalid_prompt", node.invalid_prompt), ("no_input_prompt", node.no_input_prompt)]
-    if isinstance(node, QueueNode):
-        return [("prompt", node.prompt), ("wait_prompt", node.wait_prompt), ("retry_prompt", node.retry_prompt)]
-    return [("prompt", node.prompt)]
+        for key, choice in node.choices.items():
+            if not _check_key(checker, loc + ["choices", key], key):
+                continue
+            _check_category(checker, loc + ["choices", key, "category"], choice.category)
+            handler = handler_keys.get(str(key))
+            if handler is not None and handler[1] != choice.next:
+                checker.add(loc + ["choices", key],
+                            f"按键“{key}”重复定义：全流程的“{handler[0]}”已使用此键（跳到“{handler[1]}”），"
+                            f"请换一个按键，或让此选项也跳到“{handler[1]}”")
+
+    if isinstance(node, INPUT_NODES):
+        _check_attempts(checker, loc + ["max_attempts"], node.max_attempts)
+
+    if isinstance(node, CollectNode):
+        if node.min_digits > node.max_digits:
+            checker.add(loc + ["min_digits"], f"最少位数 {node.min_digits} 大于最多位数 {node.max_digits}，请改小 min_digits",
+                        at_value=True)
+        if node.terminator and node.terminator in handler_keys:
+            checker.add(loc + ["terminator"], f"结束键“{node.terminator}”重复定义：全流程的“{handler_keys[node.terminator][0]}”"
+                        "已使用此键，请换一个结束键", at_value=True)
+
+    if isinstance(node, SetNode):
+        _check_category(checker, loc + ["category"], node.category)
+
+    if isinstance(node, BranchNode):
+        for index, case in enumerate(node.cases):
+            case_loc = loc + ["cases", index, "when"]
+            when = case.when
+            if when.need is None and when.time is None and when.working_day is None and when.agents_for is None:
+                checker.add(case_loc, "条件为空：请写明 need、time、working_day 或 agents_for 中至少一项")
+            if when.time is not None:
+                begin, finish = when.time.split("-")
+                if begin >= finish:
+                    checker.add(case_loc + ["time"], f"时间段“{when.time}”的开始不早于结束，请写成如 08:30-17:30（北京时间）",
+                                at_value=True)
 
 
-def _check_menu(checker: _Checker, node_id: str, node: MenuNode) -> None:
-    for key, choice in node.choices.items():
-        loc = ["nodes", node_id, "choices", key]
-        if len(str(key)) != 1 or str(key) not in DTMF_KEYS:
-            checker.add(loc, f"按键“{key}”无效，菜单按键只能是 0-9、* 或 # 中的一个字符（数字键请加引号，如 \"1\"）")
-        if choice.category is not None and choice.category not in CATEGORIES:
-            known = "、".join(sorted(CATEGORIES))
-            checker.add(loc + ["category"], f"业务类别“{choice.category}”不存在，可用：{known}", at_value=True)
-
-
-def _check_graph(checker: _Checker, start: str, nodes: Mapping[str, Node]) -> None:
-    if start not in nodes:
-        checker.check_target(["start"], start, nodes)
-        return
-
+def _reachable(start: str, nodes: Mapping[str, Node], extra_roots: Iterable[str]) -> set[str]:
     reachable: set[str] = set()
-    pending = [start]
+    pending = [start, *extra_roots]
     while pending:
         node_id = pending.pop()
         if node_id in reachable or node_id not in nodes:
             continue
         reachable.add(node_id)
         pending.extend(target for _, target in _node_targets(nodes[node_id]))
+    return reachable
 
+
+def _silent_cycles(nodes: Mapping[str, Node]) -> list[list[str]]:
+    """Return the loops a silent caller can circle forever, each as node ids in file order.
+
+    Uses Tarjan's strongly connected components over the edges taken without a key.
+    """
+    order = list(nodes)
+    successors = {
+        node_id: [target for suffix, target in _node_targets(node) if _is_silent_edge(node, suffix) and target in nodes]
+        for node_id, node in nodes.items()
+    }
+    index_of: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node_id: str) -> None:
+        index_of[node_id] = low[node_id] = len(index_of)
+        stack.append(node_id)
+        on_stack.add(node_id)
+        for target in successors[node_id]:
+            if target not in index_of:
+                visit(target)
+                low[node_id] = min(low[node_id], low[target])
+            elif target in on_stack:
+                low[node_id] = min(low[node_id], index_of[target])
+        if low[node_id] == index_of[node_id]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node_id:
+                    break
+            components.append(component)
+
+    for node_id in order:
+        if node_id not in index_of:
+            visit(node_id)
+
+    cycles = []
+    for component in components:
+        if len(component) > 1 or component[0] in successors[component[0]]:
+            cycles.append(sorted(component, key=order.index))
+    return cycles
+
+
+def _check_graph(checker: _Checker, start: str, nodes: Mapping[str, Node], handlers: FlowHandlers) -> None:
+    """Report unreachable nodes, dead ends and loops with no bounded exit."""
+    if start not in nodes:
+        checker.check_target(["start"], start, nodes)
+        return
+
+    handler_targets = [handler.next for handler in (handlers.human, handlers.emergency, handlers.max_duration) if handler]
+    reachable = _reachable(start, nodes, handler_targets)
     for node_id in nodes:
         if node_id not in reachable:
             checker.add(["nodes", node_id], f"节点“{node_id}”从开始节点“{start}”无法到达，请删除它或从其他节点跳转过来")
 
-    # A cycle made only of play nodes never waits for the caller and never ends.
-    for node_id, node in nodes.items():
-        seen: list[str] = []
-        current: str | None = node_id
-        while isinstance(nodes.get(current or ""), PlayNode) and current not in seen:
-            seen.append(current)
-            current = nodes[current].next  # type: ignore[union-attr]
-        if current == node_id and seen:
-            checker.add(["nodes", node_id], f"节点“{node_id}”处在只有播放节点的循环里（{' → '.join(seen + [node_id])}），来电会永远循环，请让循环经过菜单或挂机节点")
+    # A dead end is a node from which no hang-up, queue or transfer can be reached: the call
+    # would go round without ever ending or reaching a person.
+    ends = {node_id for node_id, node in nodes.items() if isinstance(node, TERMINAL_NODES)}
+    leads_to_end = set(ends)
+    changed = True
+    while changed:
+        changed = False
+        for node_id, node in nodes.items():
+            if node_id not in leads_to_end and any(target in leads_to_end for _, target in _node_targets(node)):
+                leads_to_end.add(node_id)
+                changed = True
+    for node_id in nodes:
+        if node_id in reachable and node_id not in leads_to_end:
+            checker.add(["nodes", node_id], f"节点“{node_id}”是死路：从这里到不了任何挂机、排队或转接节点，"
+                        "请让其中一个跳转通向 hangup、queue 或 transfer 节点")
+
+    for cycle in _silent_cycles(nodes):
+        route = " → ".join(cycle + [cycle[0]])
+        if all(isinstance(nodes[node_id], PlayNode) for node_id in cycle):
+            message = f"节点“{cycle[0]}”处在只有播放节点的循环里（{route}），来电会永远循环，请让循环经过菜单或挂机节点"
+        else:
+            message = (f"节点“{cycle[0]}”处在没有有界出口的循环里（{route}）：来电者不按键时会永远循环，"
+                       "请让其中一个超时或重试用尽的跳转（on_exhausted、on_no_agent 等）离开循环")
+        checker.add(["nodes", cycle[0]], message)
+
+
+def _handler_keys(checker: _Checker, handlers: FlowHandlers) -> dict[str, tuple[str, str]]:
+    """Return key -> (handler name, target) for the flow-wide keys, reporting bad or shared keys."""
+    keys: dict[str, tuple[str, str]] = {}
+    for name, label in (("human", "转人工键"), ("emergency", "紧急键")):
+        handler = getattr(handlers, name)
+        if handler is None:
+            continue
+        loc = ["handlers", name, "key"]
+        if not _check_key(checker, loc, handler.key):
+            continue
+        if handler.key in keys:
+            checker.add(loc, f"按键“{handler.key}”重复定义：{keys[handler.key][0]}和{label}不能用同一个键", at_value=True)
+            continue
+        keys[handler.key] = (label, handler.next)
+    return keys
 
 
 def _yaml_loader() -> YAML:
@@ -292,18 +730,23 @@ def _yaml_loader() -> YAML:
     return yaml
 
 
-def load_flow(path: str | Path, *, prompt_ids: Iterable[str] | None = None) -> Flow:
+def load_flow(
+    path: str | Path, *, prompt_ids: Iterable[str] | None = None, audio_dir: str | Path | None = None
+) -> Flow:
     """Load and check a flow file; raise ``FlowError`` listing every problem found.
 
     ``prompt_ids`` is the set of prompt ids in the prompt catalog; when given, every prompt
-    the flow names must be in it.
+    the flow names must be in it. ``audio_dir`` is the folder of rendered prompts
+    (``<id>.wav``); when given, every prompt the flow names must have a file there.
     """
     path = Path(path)
     data = path.read_bytes()
-    return parse_flow(data, source=str(path), prompt_ids=prompt_ids)
+    return parse_flow(data, source=str(path), prompt_ids=prompt_ids, audio_dir=audio_dir)
 
 
-def parse_flow(data: bytes, *, source: str, prompt_ids: Iterable[str] | None = None) -> Flow:
+def parse_flow(
+    data: bytes, *, source: str, prompt_ids: Iterable[str] | None = None, audio_dir: str | Path | None = None
+) -> Flow:
     """Parse flow text already read from ``source``; see ``load_flow``."""
     try:
         text = data.decode("utf-8")
@@ -317,7 +760,9 @@ def parse_flow(data: bytes, *, source: str, prompt_ids: Iterable[str] | None = N
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or "YAML 语法错误"
         if "duplicate key" in str(problem):
-            message = f"键重复定义：{problem.split('found duplicate key')[-1].strip()}，同一层级的键（包括菜单按键）只能出现一次"
+            duplicate = re.search(r'found duplicate key "(.*?)" with value', str(problem))
+            key = duplicate.group(1) if duplicate else problem.split("found duplicate key")[-1].strip()
+            message = f"键重复定义：“{key}”，同一层级的键（包括菜单按键和节点名）只能出现一次，请删除或改名其中一个"
         else:
             message = f"YAML 语法错误：{problem}，请检查缩进、冒号和引号"
         raise FlowError([FlowIssue(source, line, column, message)]) from exc
@@ -325,7 +770,8 @@ def parse_flow(data: bytes, *, source: str, prompt_ids: Iterable[str] | None = N
     if not isinstance(document, CommentedMap):
         raise FlowError([FlowIssue(source, 1, 1, "流程文件的顶层应为映射，至少包含 flow、title、start 和 nodes")])
 
-    checker = _Checker(source, document, frozenset(prompt_ids) if prompt_ids is not None else None)
+    known_prompts = frozenset(prompt_ids) if prompt_ids is not None else None
+    checker = _Checker(source, document, known_prompts, Path(audio_dir) if audio_dir is not None else None)
 
     try:
         header = _FlowHeader.model_validate(dict(document))
@@ -348,18 +794,18 @@ def parse_flow(data: bytes, *, source: str, prompt_ids: Iterable[str] | None = N
 
     # Nodes that failed validation still count as defined, so one typo gives one message.
     defined = {**nodes, **{node_id: None for node_id in invalid_nodes}}
+    handler_keys = _handler_keys(checker, header.handlers)
     for node_id, node in nodes.items():
         loc = ["nodes", node_id]
         for suffix, target in _node_targets(node):
             checker.check_target(loc + suffix, target, defined)
-        for field_name, prompt_id in _node_prompts(node):
-            checker.check_prompt(loc + [field_name], prompt_id)
-        if isinstance(node, MenuNode):
-            _check_menu(checker, node_id, node)
+        for suffix, prompt_id in _node_prompts(node):
+            checker.check_prompt(loc + suffix, prompt_id)
+        _check_node(checker, node_id, node, handler_keys)
 
-    checker.check_prompt(["settings", "fallback_prompt"], header.settings.fallback_prompt)
+    _check_flow_wide(checker, header, defined)
     if not checker.issues:
-        _check_graph(checker, header.start, nodes)
+        _check_graph(checker, header.start, nodes, header.handlers)
 
     if checker.issues:
         raise FlowError(checker.issues)
@@ -370,7 +816,50 @@ def parse_flow(data: bytes, *, source: str, prompt_ids: Iterable[str] | None = N
         start=header.start,
         version=hashlib.sha256(data).hexdigest(),
         source=source,
-        nodes=nodes,
+        nodes=MappingProxyType(nodes),
         settings=header.settings,
+        needs=MappingProxyType(dict(header.needs)),
+        handlers=header.handlers,
+        renditions=frozenset(prompt for prompt in known_prompts or () if "@" in prompt),
     )
+
+
+def _check_flow_wide(checker: _Checker, header: _FlowHeader, defined: Mapping[str, Any]) -> None:
+    """Check the settings, needs and handlers sections."""
+    checker.check_prompt(["settings", "fallback_prompt"], header.settings.fallback_prompt)
+
+    for tag, profile in header.needs.items():
+        if profile.extra_attempts > MAX_EXTRA_ATTEMPTS:
+            checker.add(["needs", tag, "extra_attempts"],
+                        f"需求“{tag}”的额外重试次数 {profile.extra_attempts} 过多，请改为 0 到 {MAX_EXTRA_ATTEMPTS} 之间",
+                        at_value=True)
+
+    for name in ("human", "emergency", "max_duration"):
+        handler = getattr(header.handlers, name)
+        if handler is None:
+            continue
+        checker.check_target(["handlers", name, "next"], handler.next, defined)
+        if name == "emergency":
+            checker.check_prompt(["handlers", name, "prompt"], handler.prompt)
+
+
+def flow_json_schema() -> dict[str, Any]:
+    """Return the JSON schema of a flow file, as published in ivr/flow-schema.json."""
+    schema = FlowDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "12349 hotline call flow"
+    return schema
+
+
+FLOW_SCHEMA_PATH = Path(__file__).with_name("flow-schema.json")
+
+
+def render_flow_schema() -> str:
+    """Return the published schema file's text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(flow_json_schema(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def write_flow_schema(path: Path = FLOW_SCHEMA_PATH) -> None:
+    """Rewrite ivr/flow-schema.json from the models; run after changing any flow model."""
+    path.write_text(render_flow_schema(), encoding="utf-8")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 
@@ -72,6 +73,18 @@ class DialResult:
     talk_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingResult:
+    """A voice message recorded on the switch.
+
+    ``file_name`` is the recording's file name as the switch stored it (no folder), and
+    ``duration_s`` is how long the caller spoke, 0 when nothing was recorded.
+    """
+
+    file_name: str
+    duration_s: float
+
+
 class CallPort(Protocol):
     """Operations a flow performs on one live call.
 
@@ -92,3 +105,17 @@ class CallPort(Protocol):
     async def set_call_variable(self, name: str, value: str) -> None: ...
 
     async def hang_up(self) -> None: ...
+
+    async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:
+        """Record the caller after a beep into a file named after ``name``, until silence, ``#`` or the limit."""
+        ...
+
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+        """Dial ``number`` through the switch's trunk ``trunk`` and bridge the caller to it."""
+        ...
+
+
+class WorkCalendar(Protocol):
+    """Working days of the hotline's office, in Asia/Shanghai dates."""
+
+    def is_working_day(self, day: date) -> bool: ...

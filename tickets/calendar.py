@@ -445,6 +445,16 @@ class WorkingCalendar:
     def covers_year(self, year: int) -> bool:
         return self.data.first_year <= year <= self.data.last_year or year in self.overrides.years
 
+    def is_working_day(self, day: date) -> bool:
+        """Return whether ``day`` is a working day, logging a warning when the answer is provisional.
+
+        This is the flow engine's calendar port, used by branches on office hours.
+        """
+        result = self.day(day)
+        if result.provisional:
+            log.warning("working day answered without calendar data", day=day.isoformat(), source=result.source)
+        return result.is_working
+
     def day(self, day: date) -> CalendarDay:
         """Return the kind of ``day``, with its source and whether that result is provisional."""
         override = self.overrides.days.get(day)

@@ -16,6 +16,8 @@ from hotline.logging import configure_logging
 from hotline.nodes import CountyNode, ParentNode
 from hwd_bridge.ami_errors import AmiAuthenticationError
 from ivr.flow import FlowError
+from ivr.flow_registry import FlowRegistryError
+from tickets.calendar import CalendarConfigError
 from speech.catalog import CatalogError
 from storage.errors import StorageError
 from tier_sync.node_lock import NodeAlreadyRunning
@@ -54,7 +56,8 @@ def run(config_path: Path, ready_file: Path | None, log_level: str, json_logs: b
     configure_logging(log_level, json=json_logs)
     try:
         asyncio.run(_run_node(config_path, ready_file))
-    except (ConfigError, RosterError, CatalogError, AmiAuthenticationError) as exc:
+    except (ConfigError, RosterError, CatalogError, AmiAuthenticationError, FlowRegistryError,
+            CalendarConfigError) as exc:
         click.echo(f"启动失败：{exc}", err=True)
         sys.exit(2)
     except FlowError as exc:

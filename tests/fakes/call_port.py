@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ivr.ports import CallEnded, DialResult, DialStatus, DigitInput, DigitOutcome, PlaybackResult
+from ivr.ports import CallEnded, DialResult, DialStatus, DigitInput, DigitOutcome, PlaybackResult, RecordingResult
 
 
 @dataclass
@@ -12,7 +12,9 @@ class ScriptedCaller:
     """Answers each ``collect_digits`` with the next entry of ``keys``.
 
     An entry is a digit string, ``None`` for silence, or ``"HANGUP"`` to end the call.
-    ``dial_results`` maps an endpoint to the statuses it returns on successive dials.
+    ``dial_results`` maps an endpoint (or ``number@trunk`` for a transfer) to the statuses
+    it returns on successive dials. ``record_seconds`` is how long the caller speaks when a
+    message is recorded. ``timeouts`` lists the timeout of every ``collect_digits``.
     """
 
     keys: list[str | None]
@@ -23,6 +25,10 @@ class ScriptedCaller:
     dialed: list[str] = field(default_factory=list)
     ended: bool = False
     answered: bool = False
+    record_seconds: float = 7.5
+    recorded: list[str] = field(default_factory=list)
+    transfers: list[str] = field(default_factory=list)
+    timeouts: list[int] = field(default_factory=list)
 
     def _check(self) -> None:
         if self.ended:
@@ -44,6 +50,7 @@ class ScriptedCaller:
 
     async def collect_digits(self, prompt_id: str, *, max_digits: int, timeout_ms: int) -> DigitInput:
         self._check()
+        self.timeouts.append(timeout_ms)
         played = prompt_id not in self.broken_prompts
         if played:
             self.played.append(prompt_id)
@@ -61,6 +68,19 @@ class ScriptedCaller:
     async def connect_agent(self, endpoint: str, *, ring_timeout_s: int) -> DialResult:
         self._check()
         self.dialed.append(endpoint)
+        return self._dial(endpoint)
+
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+        self._check()
+        self.transfers.append(f"{number}@{trunk}")
+        return self._dial(f"{number}@{trunk}")
+
+    async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:
+        self._check()
+        self.recorded.append(name)
+        return RecordingResult(file_name=f"{name}.wav", duration_s=min(self.record_seconds, max_seconds))
+
+    def _dial(self, endpoint: str) -> DialResult:
         statuses = self.dial_results.get(endpoint, [])
         status = statuses.pop(0) if statuses else DialStatus.ANSWERED
         if status is DialStatus.ANSWERED:

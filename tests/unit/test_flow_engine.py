@@ -133,3 +133,43 @@ async def test_hangup_while_queued_is_abandoned_in_queue():
 
     assert session.outcome is CallOutcome.ABANDONED_IN_QUEUE
     assert session.category == "dibao"
+
+
+class AllHooks(RecordingHooks):
+    async def emergency_raised(self, session):
+        self.events.append(("emergency", session.priority))
+
+    async def message_recorded(self, session):
+        self.events.append(("message", session.recording_file))
+
+    async def callback_requested(self, session):
+        self.events.append(("callback", session.callback_number))
+
+    async def survey_answered(self, session):
+        self.events.append(("survey", session.survey_score))
+
+
+async def test_emergency_key_in_main_menu():
+    pool = await _pool(("agent1", {"general"}))
+    hooks = AllHooks()
+    caller = ScriptedCaller(keys=["9"])
+
+    session = await FlowRunner(pool, hooks).run(FLOW, _call(), caller)
+
+    assert session.path == ["welcome", "main_menu", "urgent_agent", "finished"]
+    assert session.priority == 9
+    assert "紧急" in session.needs
+    assert hooks.events == [("emergency", 9), ("agent", "agent1")]
+    assert caller.played.index("emergency_ack") < caller.played.index("transfer_agent")
+
+
+async def test_emergency_without_agent_leaves_callback():
+    pool = await _pool(("agent1", {"dibao"}))
+    hooks = AllHooks()
+    caller = ScriptedCaller(keys=["9", "1", "1"])
+
+    session = await FlowRunner(pool, hooks).run(FLOW, _call(), caller)
+
+    assert session.path == ["welcome", "main_menu", "urgent_agent", "urgent_callback", "finished"]
+    assert session.callback_number == "13800000000"
+    assert hooks.events == [("emergency", 9), ("callback", "13800000000")]

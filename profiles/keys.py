@@ -1,0 +1,174 @@
+"""Encryption and lookup keys for profiles: AES-256-GCM for fields at rest, HMAC-SHA256 for lookup.
+
+Two files, both outside the database and readable by the owner only (mode 0600):
+
+- the encryption key file holds every AES-256 key still in use by id and names the
+  active one, so rows encrypted under an older key stay readable while a rotation runs;
+- the lookup key file holds the HMAC key used to hash ID numbers and canonical phone
+  numbers for lookup and deduplication. It is a separate key so that the hashes cannot
+  be recomputed from the encryption keys alone.
+
+Each field is encrypted with a fresh 96-bit random nonce. The associated data binds the
+ciphertext to its profile, its column and its key id, so a ciphertext copied into
+another row or column fails to decrypt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ENCRYPTION_FORMAT = "hotline-profile-encryption-keys/1"
+LOOKUP_FORMAT = "hotline-profile-lookup-key/1"
+NONCE_BYTES = 12
+
+
+class KeyFileError(Exception):
+    """A key file that is missing, malformed or readable by others; the message is Chinese."""
+
+
+class DecryptionFailed(Exception):
+    """A ciphertext that does not match its key, profile or column."""
+
+
+def _check_mode(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"密钥文件 {path} 的权限为 {stat.S_IMODE(mode):o}，其他用户可读；请执行 chmod 600 {path}")
+
+
+def _write_private(path: Path, document: dict[str, object], *, replace: bool) -> None:
+    """Write a key file with mode 0600; a replacement goes through a temporary file and a rename."""
+    data = (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+    target = path.with_name(path.name + ".tmp") if replace else path
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if replace:
+        os.replace(target, path)
+
+
+def _read_json(path: Path, expected_format: str) -> dict[str, object]:
+    try:
+        _check_mode(path)
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KeyFileError(f"找不到密钥文件 {path}；请先执行 hotline profiles keygen --config 配置文件") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise KeyFileError(f"无法读取密钥文件 {path}：{error}") from None
+    if not isinstance(document, dict) or document.get("format") != expected_format:
+        raise KeyFileError(f"密钥文件 {path} 的格式不是 {expected_format}，请检查是否选错了文件")
+    return document
+
+
+def _decode_key(text: object, path: Path) -> bytes:
+    try:
+        key = base64.b64decode(str(text), validate=True)
+    except ValueError:
+        raise KeyFileError(f"密钥文件 {path} 中的密钥不是有效的 Base64") from None
+    if len(key) != 32:
+        raise KeyFileError(f"密钥文件 {path} 中的密钥长度为 {len(key)} 字节，应为 32 字节")
+    return key
+
+
+def new_key_id(now: datetime) -> str:
+    return "k" + now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class ProfileKeys:
+    """The AES keys by id, the id of the one new writes use, and the HMAC lookup key."""
+
+    encryption_keys: dict[str, bytes] = field(repr=False)
+    active_key_id: str
+    lookup_key: bytes = field(repr=False)
+
+    def encrypt(self, plaintext: bytes, *, profile_uid: str, column: str, key_id: str | None = None) -> bytes:
+        """Encrypt one field; the result is nonce + ciphertext + tag."""
+        key_id = key_id or self.active_key_id
+        nonce = os.urandom(NONCE_BYTES)
+        aad = f"{profile_uid}|{column}|{key_id}".encode()
+        return nonce + AESGCM(self.encryption_keys[key_id]).encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, blob: bytes, *, profile_uid: str, column: str, key_id: str) -> bytes:
+        key = self.encryption_keys.get(key_id)
+        if key is None:
+            raise DecryptionFailed(f"key id {key_id} is not in the encryption key file")
+        aad = f"{profile_uid}|{column}|{key_id}".encode()
+        try:
+            return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise DecryptionFailed(f"column {column} does not decrypt under key {key_id}") from None
+
+    def lookup_hash(self, canonical: str) -> bytes:
+        """HMAC-SHA256 of a canonical value (an 18-character ID number or an E.164 phone number)."""
+        return hmac.new(self.lookup_key, canonical.encode(), hashlib.sha256).digest()
+
+
+def load_keys(encryption_key_file: Path, lookup_key_file: Path) -> ProfileKeys:
+    """Read both key files; raise KeyFileError with a Chinese message when one cannot be used."""
+    encryption = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
+    keys_field = encryption.get("keys")
+    if not isinstance(keys_field, dict) or not keys_field:
+        raise KeyFileError(f"密钥文件 {encryption_key_file} 中没有任何密钥")
+    keys = {str(key_id): _decode_key(text, encryption_key_file) for key_id, text in keys_field.items()}
+    active = str(encryption.get("active"))
+    if active not in keys:
+        raise KeyFileError(f"密钥文件 {encryption_key_file} 的当前密钥 {active} 不在密钥列表中")
+
+    lookup = _read_json(lookup_key_file, LOOKUP_FORMAT)
+    return ProfileKeys(keys, active, _decode_key(lookup.get("key"), lookup_key_file))
+
+
+def generate_key_files(encryption_key_file: Path, lookup_key_file: Path, *, now: datetime) -> str:
+    """Create both key files with fresh random keys; never overwrites. Returns the new key id."""
+    for path in (encryption_key_file, lookup_key_file):
+        if path.exists():
+            raise KeyFileError(f"密钥文件 {path} 已存在，不会覆盖；更换加密密钥请用 hotline profiles rotate-key")
+    key_id = new_key_id(now)
+    _write_private(encryption_key_file, {
+        "format": ENCRYPTION_FORMAT,
+        "active": key_id,
+        "keys": {key_id: base64.b64encode(AESGCM.generate_key(256)).decode()},
+    }, replace=False)
+    _write_private(lookup_key_file, {
+        "format": LOOKUP_FORMAT,
+        "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }, replace=False)
+    return key_id
+
+
+def add_active_key(encryption_key_file: Path, *, now: datetime) -> str:
+    """Add a fresh AES key to the key file and make it active; old keys stay for reading. Returns its id."""
+    document = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
+    key_id = new_key_id(now)
+    keys = dict(document["keys"])  # type: ignore[arg-type]
+    keys[key_id] = base64.b64encode(AESGCM.generate_key(256)).decode()
+    document["keys"] = keys
+    document["active"] = key_id
+    _write_private(encryption_key_file, document, replace=True)
+    return key_id
+
+
+def retire_keys(encryption_key_file: Path, key_ids: set[str]) -> None:
+    """Remove keys that no row uses any more; the active key is never removed."""
+    document = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
+    if document["active"] in key_ids:
+        raise KeyFileError("不能删除当前密钥")
+    keys = {key_id: text for key_id, text in dict(document["keys"]).items()  # type: ignore[arg-type]
+            if key_id not in key_ids}
+    document["keys"] = keys
+    _write_private(encryption_key_file, document, replace=True)
