@@ -10,6 +10,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from acd.pool import AgentProfile
+from hotline.settings_errors import explain_error
 
 
 class RosterError(Exception):
@@ -46,9 +47,7 @@ def load_roster(path: str | Path) -> list[AgentProfile]:
         try:
             entry = _RosterEntry.model_validate(row)
         except ValidationError as exc:
-            for item in exc.errors():
-                field = ".".join(str(part) for part in item["loc"]) or "（整行）"
-                problems.append(f"第 {number} 名坐席，字段“{field}”，值“{item.get('input')}”：{item['msg']}")
+            problems.extend(f"第 {number} 名坐席，{explain_error(item)}" for item in exc.errors())
             continue
         if entry.id in seen_ids:
             problems.append(f"第 {number} 名坐席：工号“{entry.id}”重复，请改成唯一的工号")

@@ -80,14 +80,34 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message is Chinese and names the fix."""
 
 
-def load_node_config(path: str | Path) -> NodeConfig:
+def _check_files_exist(path: Path, telephony: Telephony) -> None:
+    files = {
+        "telephony.flow": telephony.flow,
+        "telephony.prompt_catalog": telephony.prompt_catalog,
+        "telephony.roster": telephony.roster,
+        "telephony.ami.secret_file": telephony.ami.secret_file,
+        "telephony.calendar_overrides": telephony.calendar_overrides,
+    }
+    missing = [f"  - {key}：{file}" for key, file in files.items() if file is not None and not Path(file).is_file()]
+    if missing:
+        raise ConfigError(f"配置文件 {path} 中以下文件不存在，请检查路径（相对路径从当前目录算起）：\n" + "\n".join(missing))
+
+
+def load_node_config(path: str | Path, *, require_files: bool = False) -> NodeConfig:
+    """Load and check a node's configuration.
+
+    ``require_files`` also checks that every file the telephony section names exists,
+    which a node about to run needs and a CLI command that reads the database does not.
+    """
     path = Path(path)
     try:
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"找不到配置文件 {path}，请检查路径") from exc
     except YAMLError as exc:
-        raise ConfigError(f"配置文件 {path} 不是有效的 YAML：{exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"第 {mark.line + 1} 行第 {mark.column + 1} 列" if mark else "某处"
+        raise ConfigError(f"配置文件 {path} 的 YAML 格式有误（{where}）：请检查缩进、冒号和引号") from exc
 
     try:
         config = NodeConfig.model_validate(data)
@@ -98,6 +118,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         validate_node_region_code(config.region_code, config.tier)
     except RegionCodeError as exc:
         raise ConfigError(f"配置文件 {path}：{exc}") from exc
+
+    if require_files and config.telephony is not None:
+        _check_files_exist(path, config.telephony)
 
     if config.tier == "county" and config.telephony is None:
         raise ConfigError(f"配置文件 {path}：县级节点必须有 telephony 一节（FastAGI、AMI、流程和坐席名单）")

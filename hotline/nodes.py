@@ -8,11 +8,12 @@ province) receives its children's ticket events from its own broker and stores t
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import structlog
 
-from acd.pool import AgentPool
+from acd.pool import AgentPool, AgentProfile
 from acd.roster import load_roster
 from hotline.config import NodeConfig, Telephony
 from hotline.ticket_desk import TicketDesk
@@ -25,7 +26,7 @@ from hwd_bridge.ami_errors import AmiError
 from hwd_bridge.ami_protocol import AmiMessage
 from hwd_bridge.fastagi_server import FastAgiServer
 from ivr.engine import FlowRunner
-from ivr.flow import Flow
+from ivr.flow import Flow, flow_skills
 from ivr.flow_registry import FlowRegistry, FlowWatcher
 from speech.catalog import load_catalog
 from storage.ticket_store import TicketStore
@@ -38,7 +39,25 @@ log = structlog.get_logger(__name__)
 # The FastAGI route the dialplan's AGI() URL names for the hotline number.
 HOTLINE_ROUTE = "ivr/12349"
 
-AMI_READY_TIMEOUT_S = 30.0
+AMI_READY_TIMEOUT_S = 60.0
+
+
+class NodeStartError(Exception):
+    """A node could not start; the message is Chinese and says what to check."""
+
+
+def _warn_unstaffed_skills(flow: Flow, roster: list[AgentProfile]) -> None:
+    """Warn about skills the flow routes to that no agent in the roster has.
+
+    Calls for such a skill always end in the no-agent branch, which is legal (a skill may
+    be staffed later) but usually a typo in the flow or the roster.
+    """
+    staffed = {skill for agent in roster for skill in agent.skills}
+    missing = sorted(flow_skills(flow) - staffed)
+    if missing:
+        log.warning("flow routes to skills no agent has", skills=missing, flow=flow.flow_id)
+        print(f"警告：流程 {flow.flow_id} 会把来电分配到技能组 {'、'.join(missing)}，但坐席名单中没有任何坐席具备"
+              f"这些技能，这些来电将一律转入“无空闲坐席”分支。请检查流程中的 skill 或坐席名单。", file=sys.stderr)
 
 # How often the node re-reads its flow file and the version store's active pointer.
 FLOW_POLL_INTERVAL_S = 1.0
@@ -86,7 +105,9 @@ class CountyNode:
         self._flows = FlowRegistry.for_database(self.config.database, prompt_ids=set(catalog))
         flow = self._flows.start_from_file(telephony.flow)
         self._flow_watcher = FlowWatcher(self._flows, telephony.flow, interval_s=self._flow_poll_interval_s)
-        self._pool = AgentPool(load_roster(telephony.roster))
+        roster = load_roster(telephony.roster)
+        self._pool = AgentPool(roster)
+        _warn_unstaffed_skills(flow, roster)
 
         self._store = await TicketStore.open(self.config.database, self.config.node_id, self.config.region_code)
         self._publisher = OutboxPublisher(
@@ -103,8 +124,15 @@ class CountyNode:
         self._ami = AmiClient(telephony.ami.host, telephony.ami.port, telephony.ami.username, secret,
                               on_reconnected=self._resync_agents)
         self._ami.subscribe(self._on_device_state, event_names=["DeviceStateChange"])
-        await self._ami.start()
-        await self._ami.wait_ready(AMI_READY_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(AMI_READY_TIMEOUT_S):
+                await self._ami.start()
+        except TimeoutError:
+            raise NodeStartError(
+                f"{AMI_READY_TIMEOUT_S:.0f} 秒内无法登录 Asterisk 管理接口 {telephony.ami.host}:{telephony.ami.port}"
+                f"（用户 {telephony.ami.username}）：请确认 Asterisk 已启动，且 manager.conf 中的端口和账号与"
+                f"节点配置 telephony.ami 一致"
+            ) from None
         await self._resync_agents(self._ami)
 
         self._server = FastAgiServer({HOTLINE_ROUTE: self._handle_call}, host=telephony.fastagi.host,

@@ -21,6 +21,7 @@ from acd.pool import AgentPool
 from ivr.call import Call
 from ivr.entry import digit_prompts, normalize_id_number, valid_id_number, valid_phone
 from ivr.flow import (
+    DEFAULT_SKILL,
     BranchCondition,
     BranchNode,
     CallbackNode,
@@ -45,7 +46,6 @@ log = structlog.get_logger(__name__)
 # of play nodes, and this bound catches the rest.
 MAX_NODE_VISITS = 200
 
-DEFAULT_SKILL = "general"
 
 # Office hours and working days are judged in the hotline's own time zone.
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")

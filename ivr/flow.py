@@ -25,6 +25,9 @@ from ruamel.yaml.error import MarkedYAMLError
 # The caller's keypad: a menu key is one of these characters.
 DTMF_KEYS = frozenset("0123456789*#")
 
+# Skill of calls that reach the queue without one (a caller who asked for a human).
+DEFAULT_SKILL = "general"
+
 # Ticket categories a menu choice may set, matching the ticket domain's category codes.
 CATEGORIES = frozenset({"dibao", "tekun", "linshi", "ertong", "yanglao", "liulang", "zhengce", "other"})
 
@@ -863,3 +866,20 @@ def write_flow_schema(path: Path = FLOW_SCHEMA_PATH) -> None:
     """Rewrite ivr/flow-schema.json from the models; run after changing any flow model."""
     path.write_text(render_flow_schema(), encoding="utf-8")
 
+
+
+def flow_skills(flow: Flow) -> set[str]:
+    """Return every agent skill the flow can route a call to, including the default one."""
+    skills = {DEFAULT_SKILL}
+    for node in flow.nodes.values():
+        if isinstance(node, MenuNode):
+            skills.update(choice.skill for choice in node.choices.values() if choice.skill)
+        skill = getattr(node, "skill", None)
+        if skill:
+            skills.add(skill)
+        condition_skills = [case.when.agents_for for case in getattr(node, "cases", ()) if case.when.agents_for]
+        skills.update(condition_skills)
+    for handler in (flow.handlers.human, flow.handlers.emergency):
+        if handler is not None and handler.skill:
+            skills.add(handler.skill)
+    return skills

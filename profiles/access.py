@@ -1,7 +1,7 @@
 """Domain: operator accounts and which profiles each may read.
 
-An account sees profiles of its own region and below, by GB/T 2260 code prefix: a
-province account PP0000 sees every code starting PP, a city account PPCC00 every code
+An account may read profiles of its own region and below, by GB/T 2260 code prefix. A
+province account PP0000 reads every code starting PP, a city account PPCC00 every code
 starting PPCC, a county account its own code only, and the ministry (000000) all.
 """
 
@@ -41,7 +41,7 @@ class Operator:
 
 
 def region_scope_prefix(region_code: str) -> str:
-    """Return the code prefix an account of this region sees: "" for 000000, PP, PPCC or the whole code."""
+    """Return the code prefix readable by an account of this region: "" for 000000, PP, PPCC or the whole code."""
     if region_code == "000000":
         return ""
     if region_code.endswith("0000"):
@@ -63,3 +63,7 @@ def expected_tier(region_code: str) -> OperatorTier:
 
 def can_read(operator: Operator, profile_region_code: str) -> bool:
     return profile_region_code.startswith(region_scope_prefix(operator.region_code))
+
+
+class AccessDenied(Exception):
+    """An operator asked for something outside their account; the message is Chinese."""

@@ -65,5 +65,9 @@ def profile_from_parts(*, name: str, id_number: str, region_code: str, address_d
 
 
 def phone_list(profile: Profile) -> tuple[PhoneNumber, ...]:
-    """Numbers a profile is found by: its own phones, without duplicates, in order."""
+    """Return the numbers a profile is found by: its own phones, without duplicates, in order.
+
+    NOTE: the contact's phone is not a lookup key, so a guardian calling from their own
+    number is not matched to the profile.
+    """
     return tuple(dict.fromkeys(profile.phones))

@@ -28,7 +28,7 @@ _FORM_15_RE = re.compile(r"^[1-9][0-9]{14}$")
 
 
 class IdNumberError(ValueError):
-    """An ID number that fails validation. ``message`` is Chinese and says how to fix it."""
+    """An ID number that fails validation. ``message`` is Chinese and names the fix."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

@@ -2,9 +2,9 @@
 
 Two files, both outside the database and readable by the owner only (mode 0600):
 
-- the encryption key file holds every AES-256 key still in use by id and names the
+- the encryption key file contains every AES-256 key still in use, by id, and names the
   active one, so rows encrypted under an older key stay readable while a rotation runs;
-- the lookup key file holds the HMAC key used to hash ID numbers and canonical phone
+- the lookup key file contains the HMAC key used to hash ID numbers and canonical phone
   numbers for lookup and deduplication. It is a separate key so that the hashes cannot
   be recomputed from the encryption keys alone.
 
@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -74,6 +74,13 @@ def _read_json(path: Path, expected_format: str) -> dict[str, object]:
     return document
 
 
+def _keys_field(document: dict[str, object], path: Path) -> dict[str, str]:
+    keys = document.get("keys")
+    if not isinstance(keys, dict) or not keys:
+        raise KeyFileError(f"密钥文件 {path} 中没有任何密钥")
+    return {str(key_id): str(text) for key_id, text in keys.items()}
+
+
 def _decode_key(text: object, path: Path) -> bytes:
     try:
         key = base64.b64decode(str(text), validate=True)
@@ -85,7 +92,7 @@ def _decode_key(text: object, path: Path) -> bytes:
 
 
 def new_key_id(now: datetime) -> str:
-    return "k" + now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+    return "k" + now.astimezone(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
 @dataclass(frozen=True)
@@ -118,13 +125,14 @@ class ProfileKeys:
         return hmac.new(self.lookup_key, canonical.encode(), hashlib.sha256).digest()
 
 
+# NOTE: the lookup (HMAC) key has no rotation yet. Rotating it means recomputing every
+# id_hash and phone_hash from decrypted values, and every profile_ref already sent upward
+# or written to the access log would stop matching.
 def load_keys(encryption_key_file: Path, lookup_key_file: Path) -> ProfileKeys:
     """Read both key files; raise KeyFileError with a Chinese message when one cannot be used."""
     encryption = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
-    keys_field = encryption.get("keys")
-    if not isinstance(keys_field, dict) or not keys_field:
-        raise KeyFileError(f"密钥文件 {encryption_key_file} 中没有任何密钥")
-    keys = {str(key_id): _decode_key(text, encryption_key_file) for key_id, text in keys_field.items()}
+    keys = {key_id: _decode_key(text, encryption_key_file)
+            for key_id, text in _keys_field(encryption, encryption_key_file).items()}
     active = str(encryption.get("active"))
     if active not in keys:
         raise KeyFileError(f"密钥文件 {encryption_key_file} 的当前密钥 {active} 不在密钥列表中")
@@ -155,7 +163,7 @@ def add_active_key(encryption_key_file: Path, *, now: datetime) -> str:
     """Add a fresh AES key to the key file and make it active; old keys stay for reading. Returns its id."""
     document = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
     key_id = new_key_id(now)
-    keys = dict(document["keys"])  # type: ignore[arg-type]
+    keys = _keys_field(document, encryption_key_file)
     keys[key_id] = base64.b64encode(AESGCM.generate_key(256)).decode()
     document["keys"] = keys
     document["active"] = key_id
@@ -168,7 +176,7 @@ def retire_keys(encryption_key_file: Path, key_ids: set[str]) -> None:
     document = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
     if document["active"] in key_ids:
         raise KeyFileError("不能删除当前密钥")
-    keys = {key_id: text for key_id, text in dict(document["keys"]).items()  # type: ignore[arg-type]
+    keys = {key_id: text for key_id, text in _keys_field(document, encryption_key_file).items()
             if key_id not in key_ids}
     document["keys"] = keys
     _write_private(encryption_key_file, document, replace=True)

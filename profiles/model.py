@@ -1,7 +1,7 @@
 """Domain: a citizen profile (民政档案), its masked summary and the payload that may leave the node.
 
 Names, ID numbers, phones, addresses, assistance statuses and need tags are sensitive
-personal information under PIPL. Full values live only in ``Profile``; everything shown
+personal information under PIPL. Full values live only in ``Profile``. Everything shown
 to the call flow, the ACD or a higher tier goes through ``ProfileSummary`` or
 ``upward_payload``, which carry masked values and keyed hashes.
 """
@@ -93,7 +93,7 @@ class Profile:
 
 @dataclass(frozen=True)
 class ProfileSummary:
-    """What the call flow, the ACD and an agent's screen get: masked values and the routing hints.
+    """Masked profile view for the call flow, the ACD and an agent's screen, with the routing hints.
 
     ``profile_ref`` is the keyed hash of the ID number in hex, the only handle that leaves the store.
     """

@@ -7,7 +7,7 @@ number without the trunk prefix 0): ``+8613900000001`` and ``+862155501234``. Ke
 hashes for lookup are computed over that string only.
 
 Area codes: 010 and 02X (020-029) have two digits after the trunk prefix, every other
-area code has three, and a subscriber number has 7 or 8 digits.
+area code (03XX-09XX) has three, and a subscriber number has 7 or 8 digits.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def normalise_phone(raw: str, *, default_area_code: str | None = None) -> PhoneN
 
     if not text.isdigit():
         raise PhoneNumberError("号码只能包含数字、空格、短横线、括号和开头的 +86，请删除其他字符")
+    if len(text) < 7:
+        raise PhoneNumberError(f"号码只有 {len(text)} 位：手机号应为 11 位，固定电话应为区号加 7 或 8 位，请核对")
 
     # Mobile numbers, also when the network put a trunk 0 in front.
     if text.startswith("01") and _MOBILE_RE.match(text[1:]):
@@ -106,8 +108,9 @@ def normalise_phone(raw: str, *, default_area_code: str | None = None) -> PhoneN
     elif not text.startswith("0"):
         text = "0" + text
 
-    if len(text) < 3 or text[1] == "0":
-        raise PhoneNumberError("区号无效：区号以 0 开头，第二位不能为 0，例如 010、021、0571")
+    # 010 is the only area code starting 01.
+    if len(text) < 3 or text[1] == "0" or (text[1] == "1" and text[2] != "0"):
+        raise PhoneNumberError(f"区号 {text[:4]} 无效：区号为 010、02X 或 0 加三位数字（例如 0571），请核对")
 
     area_length = _area_code_length(text)
     subscriber = text[area_length:]

@@ -478,8 +478,6 @@ class WorkingCalendar:
             day, DayKind.WEEKEND if weekend else DayKind.WORKDAY, None, "无节假日数据，暂按周一至周五上班推定", True
         )
 
-    def is_working_day(self, day: date) -> bool:
-        return self.day(day).is_working
 
     def days_of_year(self, year: int) -> list[CalendarDay]:
         first = date(year, 1, 1)

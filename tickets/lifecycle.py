@@ -153,6 +153,14 @@ EVENT_KIND_LABELS: Mapping[str, str] = MappingProxyType({
     **{rule.event_kind: rule.label for rule in ACTIONS.values()},
     "duplicate_merged": "重复工单并入",
     "attachment_added": "添加附件",
+    # Events the IVR writes while the call runs; they change no state.
+    "agent_answered": "坐席接听",
+    "call_ended": "通话结束",
+    "emergency_alert": "紧急告警",
+    "callback_requested": "申请回电",
+    "voice_message": "语音留言",
+    "satisfaction": "满意度评价",
+    "extension_approved": "批准延期",
 })
 
 

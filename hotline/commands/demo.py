@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from hotline.commands.console import operator_console
 from hotline.demo import (
     CallReport,
     DemoError,
@@ -25,7 +25,7 @@ from hotline.demo import (
 from hotline.logging import configure_logging
 from stack.asterisk import AsteriskError
 from stack.mosquitto import BrokerError
-from stack.sipp import SippError
+from stack.sipp import Dtmf, EndedBy, SippError
 
 _OUTCOME_WORDS = {
     "answered": "已接通坐席",
@@ -37,9 +37,12 @@ _OUTCOME_WORDS = {
 }
 
 
+_ENDED_BY_WORDS = {EndedBy.CALLER: "来电者", EndedBy.REMOTE: "热线"}
+
+
 def _summary_table(reports: list[CallReport]) -> Table:
     table = Table(title="12349 演示通话结果", show_lines=True)
-    for column in ("序号", "来电", "来电号码", "路径", "坐席", "结果", "工单号", "已到市级", "检查"):
+    for column in ("序号", "来电", "来电号码", "按键", "路径", "坐席", "结果", "挂机方", "工单号", "已到市级", "检查"):
         table.add_column(column)
 
     for number, report in enumerate(reports, start=1):
@@ -48,8 +51,10 @@ def _summary_table(reports: list[CallReport]) -> Table:
         outcome = _OUTCOME_WORDS.get(record.outcome.value, record.outcome.value) if record and record.outcome else "—"
         reached = "—" if not report.script.expects_ticket else ("是" if report.city_ticket else "否")
         verdict = "通过" if report.passed else "不通过：" + "；".join(report.problems)
-        table.add_row(str(number), report.script.label, report.script.caller_masked, path,
-                      (record.agent_id or "—") if record else "—", outcome,
+        keys = "、".join(step.digit for step in report.script.steps if isinstance(step, Dtmf)) or "—"
+        ended_by = _ENDED_BY_WORDS.get(report.sipp.ended_by) if report.sipp and report.sipp.ended_by else "—"
+        table.add_row(str(number), report.script.label, report.script.caller_masked, keys, path,
+                      (record.agent_id or "—") if record else "—", outcome, ended_by,
                       (record.ticket_id or "—") if record else "—", reached, verdict)
     return table
 
@@ -66,8 +71,7 @@ def demo(work_dir: Path | None) -> None:
     # Stop everything on Ctrl-C or SIGTERM, even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    # A log or CI console is not a terminal; give the table room instead of rich's 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=220)
+    console = operator_console()
     work_dir = fresh_work_dir(work_dir or default_work_dir())
     scripts = standard_calls()
     started = time.monotonic()

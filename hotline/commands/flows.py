@@ -7,9 +7,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from hotline.commands.console import operator_console
 from hotline.config import ConfigError, load_node_config
 from ivr.diagram import DiagramError, render_flow
 from ivr.flow import FlowError, load_flow
@@ -158,7 +158,7 @@ def versions(config_path: Path) -> None:
         marker = "（当前）" if record.seq == active_seq else ""
         table.add_row(f"{record.seq}{marker}", record.version[:12], _local(record.activated_at), ACTION_LABELS.get(record.action, record.action),
                       record.operator or "", record.reason or "")
-    Console().print(table)
+    operator_console().print(table)
 
 
 @flows.command("draw", help="把流程画成 SVG 和 PNG 图（节点写提示音开头，连线写按键和含义）。")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import structlog
 from acd.roster import RosterError
 from hotline.config import TIER_LABELS, ConfigError, load_node_config
 from hotline.logging import configure_logging
-from hotline.nodes import CountyNode, ParentNode
+from hotline.nodes import CountyNode, NodeStartError, ParentNode
 from hwd_bridge.ami_errors import AmiAuthenticationError
 from ivr.flow import FlowError
 from ivr.flow_registry import FlowRegistryError
@@ -26,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 
 async def _run_node(config_path: Path, ready_file: Path | None) -> None:
-    config = load_node_config(config_path)
+    config = load_node_config(config_path, require_files=True)
     node = CountyNode(config) if config.tier == "county" else ParentNode(config)
 
     stop = asyncio.Event()
@@ -34,13 +35,25 @@ async def _run_node(config_path: Path, ready_file: Path | None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    # Start-up may wait for Asterisk or a broker; a stop signal must still end it at once.
+    starting = asyncio.create_task(node.start())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await node.start()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            click.echo(f"节点 {config.node_id} 在启动过程中收到停止信号，已停止。", err=True)
+            return
+        starting.result()
+
         if ready_file is not None:
             ready_file.write_text("ready\n", encoding="utf-8")
         click.echo(f"{TIER_LABELS[config.tier]}节点 {config.node_id} 已启动，按 Ctrl-C 停止。", err=True)
-        await stop.wait()
+        await stopping
     finally:
+        stopping.cancel()
         await node.stop()
 
 
@@ -57,7 +70,7 @@ def run(config_path: Path, ready_file: Path | None, log_level: str, json_logs: b
     try:
         asyncio.run(_run_node(config_path, ready_file))
     except (ConfigError, RosterError, CatalogError, AmiAuthenticationError, FlowRegistryError,
-            CalendarConfigError) as exc:
+            CalendarConfigError, NodeStartError) as exc:
         click.echo(f"启动失败：{exc}", err=True)
         sys.exit(2)
     except FlowError as exc:

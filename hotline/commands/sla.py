@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from hotline.commands.console import operator_console
 from hotline.config import ConfigError, load_node_config
 from storage.errors import StorageError
 from storage.ticket_store import TicketStore
@@ -151,7 +151,7 @@ def check_command(config_path: Path, at_text: str | None, rules_path: Path, limi
         (ticket, compute_clocks(ticket.ticket_id, ticket.category, ticket_tier(events, tier), events, now, policy, calendar))
         for ticket, events in open_tickets
     ]
-    Console().print(_clock_table(node_id, now, results))
+    operator_console().print(_clock_table(node_id, now, results))
 
     breached = [(ticket, clock) for ticket, clocks in results for clock in clocks.breached]
     warned = [(ticket, clock) for ticket, clocks in results for clock in clocks.warned]
@@ -204,7 +204,7 @@ def calendar_command(year: int, rules_path: Path) -> None:
             table.add_column(column)
         for info in special:
             table.add_row(*_day_row(info, data.source))
-        Console().print(table)
+        operator_console().print(table)
 
     working = sum(1 for info in days if info.is_working)
     guessed = "（暂定）" if any(info.provisional for info in days) else ""

@@ -13,9 +13,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 
+from hotline.commands.console import operator_console
 from hotline.config import ConfigError, NodeConfig, load_node_config
 from hotline.logging import configure_logging
 from storage.errors import StorageBusy, StorageError, TicketConflict, TicketNotFound
@@ -71,6 +72,46 @@ def _who(event: TicketEvent) -> str:
     return f"{event.tier.label}级 {event.office}" if event.office else f"{event.tier.label}级"
 
 
+# Payload keys the IVR and the lifecycle write, as operators call them.
+_PAYLOAD_LABELS = {
+    "call_id": "通话编号", "channel": "渠道", "skill": "技能组", "flow_id": "流程", "flow_version": "流程版本",
+    "caller_flags": "号码标记", "opened_because": "受理原因", "agent_id": "坐席", "talk_seconds": "通话秒数",
+    "answered_at": "接听时间", "outcome": "通话结果", "last_node": "最后节点", "duration_seconds": "通话总秒数",
+    "path": "路径", "score": "评分", "file": "文件", "number": "回电号码", "sha256": "附件指纹",
+}
+_PAYLOAD_VALUES = {
+    "phone": "电话", "category_chosen": "来电者选择了业务类别", "agent_answered": "坐席已接听",
+    "answered": "已接通坐席", "abandoned_in_menu": "菜单中挂机", "abandoned_in_queue": "排队中挂机",
+    "no_agent": "无空闲坐席", "completed": "流程结束", "failed": "失败", "no_caller_id": "未显示号码",
+}
+
+
+def _describe_value(value: object) -> str:
+    if isinstance(value, list):
+        return "→".join(_describe_value(item) for item in value) if value else "无"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return _PAYLOAD_VALUES.get(value, value)
+        if moment.tzinfo is not None:
+            return _local(moment)
+        return value
+    return str(value)
+
+
+def _describe_payload(payload: dict[str, object]) -> str:
+    """Render an event payload as Chinese "label：value" pairs, times in Beijing time."""
+    parts = []
+    for key, value in payload.items():
+        if value in (None, "", []):
+            continue
+        if key == "flow_version" and isinstance(value, str):
+            value = value[:12]
+        parts.append(f"{_PAYLOAD_LABELS.get(key, key)}：{_describe_value(value)}")
+    return "；".join(parts)
+
+
 async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
     config = load_node_config(config_path)
     async with await _open_store(config) as store:
@@ -83,7 +124,7 @@ async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
     for column in ("序号", "时间（北京时间）", "事件", "状态变化", "操作人", "层级和部门", "原因", "备注", "内容"):
         table.add_column(column)
     for event in events:
-        details = "，".join(f"{key}={value}" for key, value in (event.payload or {}).items() if value not in (None, ""))
+        details = _describe_payload(event.payload or {})
         table.add_row(
             str(event.seq), _local(event.occurred_at), event_kind_label(event.kind), _state_change(event),
             event.actor, _who(event), reason_label(event.reason) or "", event.note or "", details,
@@ -172,7 +213,7 @@ def list_command(config_path: Path, limit: int) -> None:
     except (ConfigError, StorageError) as exc:
         click.echo(f"无法读取工单：{exc}", err=True)
         sys.exit(2)
-    Console().print(table)
+    operator_console().print(table)
 
 
 @tickets.command("show", help="显示一张工单的全部事件（办理轨迹）、关联工单和下一步可执行的操作。")
@@ -187,7 +228,7 @@ def show_command(config_path: Path, ticket_id: str) -> None:
     except (ConfigError, StorageError) as exc:
         click.echo(f"无法读取工单：{exc}", err=True)
         sys.exit(2)
-    console = Console()
+    console = operator_console()
     for item in output:
         console.print(item)
 
@@ -243,6 +284,6 @@ def transition_command(
 
 @tickets.command("actions", help="列出全部工单操作、适用的状态、必填项和原因代码。")
 def actions_command() -> None:
-    console = Console()
+    console = operator_console()
     for item in _describe_actions():
         console.print(item)

@@ -132,7 +132,8 @@ class TestTable:
     def test_event_kind_labels(self) -> None:
         assert event_kind_label("returned") == "退回"
         assert event_kind_label("created") == "受理"
-        assert event_kind_label("agent_answered") == "agent_answered"
+        assert event_kind_label("agent_answered") == "坐席接听"
+        assert event_kind_label("some_future_kind") == "some_future_kind"
 
 
 class TestAllowed:
