@@ -399,7 +399,11 @@ _ID_HINT = "只能用小写字母、数字和下划线，并以字母开头"
 
 def _message_for(error: Mapping[str, Any]) -> str:
     loc = error.get("loc", ())
-    field_name = str(loc[-1]) if loc else "?"
+    if "[key]" in loc:
+        # A mapping key of the wrong type: in practice a menu key written without quotes.
+        key = error.get("input")
+        return f"键 {key} 应写成带英文引号的文字，例如 \"{key}\"（菜单按键都要加引号）"
+    field_name = str(loc[-1]) if loc else "此处"
     template = _PYDANTIC_MESSAGES.get(error["type"], "字段“{field}”无效：{msg}")
     context = error.get("ctx", {})
     value = context.get("tag", error.get("input"))

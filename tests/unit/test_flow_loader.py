@@ -102,3 +102,11 @@ def test_not_utf8_rejected():
         parse_flow("flow: 测试".encode("gbk"), source="t.yaml")
 
     assert "UTF-8" in str(caught.value)
+
+
+def test_unquoted_menu_key_explained():
+    text = GOOD.replace('      "1": {category', "      1: {category")
+
+    issues = _issues(text)
+
+    assert any('键 1 应写成带英文引号的文字，例如 "1"' in issue for issue in issues), issues
