@@ -8,6 +8,7 @@ from hotline.logging import configure_logging
 
 from hotline.commands.demo import demo
 from hotline.commands.flows import flows
+from hotline.commands.profiles import profiles
 from hotline.commands.prompts import prompts
 from hotline.commands.run import run
 from hotline.commands.sla import sla
@@ -28,3 +29,4 @@ main.add_command(flows)
 main.add_command(prompts)
 main.add_command(tickets)
 main.add_command(sla)
+main.add_command(profiles)
