@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 HOTLINE_ROUTE = "ivr/12349"
 
 AMI_READY_TIMEOUT_S = 60.0
+AMI_RECONNECT_MAX_DELAY_S = 2.0
 
 
 class NodeStartError(Exception):
@@ -121,8 +122,10 @@ class CountyNode:
 
         # AMI first, so agent states are known before the first call arrives.
         secret = Path(telephony.ami.secret_file).read_text(encoding="utf-8").strip()
+        # Asterisk runs on this host, so reconnect attempts are cheap; a 2 s cap brings AMI
+        # back within a few seconds of an Asterisk restart.
         self._ami = AmiClient(telephony.ami.host, telephony.ami.port, telephony.ami.username, secret,
-                              on_reconnected=self._resync_agents)
+                              on_reconnected=self._resync_agents, reconnect_max_delay=AMI_RECONNECT_MAX_DELAY_S)
         self._ami.subscribe(self._on_device_state, event_names=["DeviceStateChange"])
         try:
             async with asyncio.timeout(AMI_READY_TIMEOUT_S):

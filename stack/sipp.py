@@ -661,6 +661,14 @@ class SippAgent:
         if not net.wait_until(bound, timeout_s=timeout_s):
             raise SippError(f"SIPp agent {self.endpoint_id} did not bind port {self.contact_port}. {self._uas.diagnosis()}")
 
+    def refresh_registration(self, timeout_s: float = 10.0) -> None:
+        """Register again, as a phone does when its registration expires or the switch restarts."""
+
+        if self._uas is None:
+            raise SippError(f"start() agent {self.endpoint_id} before registering it again")
+        self._run_register(self.expires_s, timeout_s)
+        log.info("sipp_agent_registered_again", endpoint_id=self.endpoint_id)
+
     def _run_register(self, expires_s: int, timeout_s: float) -> None:
         assert self.work_dir is not None
         name = "register" if expires_s else "unregister"
