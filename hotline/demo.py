@@ -184,6 +184,7 @@ class DemoStack:
         self.work_dir = work_dir
         self.agent_talk_ms = agent_talk_ms
         self.asterisk: AsteriskInstance | None = None
+        self.city_broker: MosquittoBroker | None = None
         self.county_config: Path | None = None
         self.city_config: Path | None = None
         self.agents: list[SippAgent] = []
@@ -209,6 +210,7 @@ class DemoStack:
         # City tier: its broker, then its node.
         broker = MosquittoBroker(port=0, persistence_dir=self.work_dir / "city-broker", work_dir=self.work_dir / "city-broker")
         broker.start()
+        self.city_broker = broker
         self._exit.callback(broker.cleanup)
         self._exit.callback(broker.stop)
 
