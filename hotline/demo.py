@@ -160,6 +160,12 @@ class _NodeProcess:
             return ""
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
+    def kill(self) -> None:
+        """Kill the node with SIGKILL, as a crash would, and wait for it to be gone."""
+        assert self._process is not None
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait(timeout=5)
+
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
             return
@@ -185,6 +191,7 @@ class DemoStack:
         self.agent_talk_ms = agent_talk_ms
         self.asterisk: AsteriskInstance | None = None
         self.city_broker: MosquittoBroker | None = None
+        self.county: _NodeProcess | None = None
         self.county_config: Path | None = None
         self.city_config: Path | None = None
         self.agents: list[SippAgent] = []
@@ -264,6 +271,7 @@ telephony:
         county = _NodeProcess("county", self.county_config, self.work_dir)
         self._exit.callback(county.stop)
         county.start()
+        self.county = county
 
         # Agent phones register last, so the county sees them arrive over AMI.
         for agent in AGENTS:
@@ -274,14 +282,17 @@ telephony:
             phone.start()
             self.agents.append(phone)
 
-    def place_call(self, script: ScriptedCall, *, timeout_s: float = 180.0) -> CallerResult | None:
-        """Place one scripted SIPp call and wait until it has ended."""
+    def caller(self, script: ScriptedCall) -> SippCaller:
+        """Return a SIPp caller for one scripted call, not yet started."""
         assert self.asterisk is not None
-        caller = SippCaller(
+        return SippCaller(
             target_port=self.asterisk.sip_port, caller_number=script.caller_number, steps=script.steps,
             hangup_after_ms=script.hangup_after_ms, wait_bye_timeout_ms=150_000,
         )
-        results = caller.run(timeout_s=timeout_s)
+
+    def place_call(self, script: ScriptedCall, *, timeout_s: float = 180.0) -> CallerResult | None:
+        """Place one scripted SIPp call and wait until it has ended."""
+        results = self.caller(script).run(timeout_s=timeout_s)
         return results[0] if results else None
 
 

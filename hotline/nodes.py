@@ -24,7 +24,7 @@ from hwd_bridge.ami_client import AmiClient
 from hwd_bridge.ami_device_state import endpoint_state_from_ami_event
 from hwd_bridge.ami_errors import AmiError
 from hwd_bridge.ami_protocol import AmiMessage
-from hwd_bridge.fastagi_server import FastAgiServer
+from hwd_bridge.fastagi_server import HOTLINE_DONE_VARIABLE, FastAgiServer
 from ivr.engine import FlowRunner
 from ivr.flow import Flow, flow_skills
 from ivr.flow_registry import FlowRegistry, FlowWatcher
@@ -139,7 +139,7 @@ class CountyNode:
         await self._resync_agents(self._ami)
 
         self._server = FastAgiServer({HOTLINE_ROUTE: self._handle_call}, host=telephony.fastagi.host,
-                                     port=telephony.fastagi.port)
+                                     port=telephony.fastagi.port, completion_variable=HOTLINE_DONE_VARIABLE)
         await self._server.start()
         self._flow_watcher.start()
         log.info("county node ready", node_id=self.config.node_id, region=self.config.region_code,

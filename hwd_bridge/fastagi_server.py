@@ -8,9 +8,12 @@ log line carrying ``duration_ms`` and ``outcome``.
 
 Failure destination: when no route matches, a handler fails with an AGI error or raises an
 unexpected exception, the server sets the channel variable ``HOTLINE_FAILURE`` (``no_route``,
-``agi_error`` or ``handler_error``) before it closes the connection. Closing the
-connection ends the ``AGI()`` application, so the dialplan must check the variable right
-after it.
+``agi_error`` or ``handler_error``) before it closes the connection. When a handler
+returns normally on a channel that is still up, a server built with
+``completion_variable=HOTLINE_DONE_VARIABLE`` sets ``HOTLINE_DONE=1`` instead.
+Closing the connection ends the ``AGI()`` application with ``AGISTATUS`` SUCCESS in both
+cases, and also when the controller process dies, so the dialplan sends a channel without
+``HOTLINE_DONE`` to its fallback.
 
 Dialplan settings for hang-up signalling (res_agi, Asterisk 22)::
 
@@ -58,6 +61,7 @@ log = structlog.get_logger(__name__)
 AgiHandler = Callable[[AgiEnvironment, AgiChannel], Awaitable[None]]
 
 HOTLINE_FAILURE_VARIABLE: Final = "HOTLINE_FAILURE"
+HOTLINE_DONE_VARIABLE: Final = "HOTLINE_DONE"
 
 DEFAULT_HEADER_TIMEOUT_S: Final = 5.0
 DEFAULT_CLOSE_TIMEOUT_S: Final = 2.0
@@ -87,8 +91,10 @@ class FastAgiServer:
         command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
         max_prompt_s: float = DEFAULT_MAX_PROMPT_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        completion_variable: str | None = None,
     ) -> None:
         self._routes = _validated_routes(routes)
+        self._completion_variable = completion_variable
         self._host = host
         self._requested_port = port
         self._header_timeout_s = header_timeout_s
@@ -273,7 +279,21 @@ class FastAgiServer:
 
         if channel.ended and channel.end_reason is not EndReason.LOCAL_HANGUP:
             return _hangup_outcome(channel)
+        await self._mark_completed(channel, call_log)
         return "completed"
+
+    async def _mark_completed(self, channel: AgiChannel, call_log: Any) -> None:
+        """Set the completion variable on a channel that is still up after the handler finished.
+
+        The dialplan cannot tell a handler that finished from a controller that died: both
+        close the connection and leave ``AGISTATUS`` at SUCCESS. The variable tells them apart.
+        """
+        if self._completion_variable is None or not channel.usable:
+            return
+        try:
+            await channel.set_variable(self._completion_variable, "1")
+        except AgiError as exc:
+            call_log.debug("completion variable not set", error=str(exc))
 
     async def _set_failure(self, channel: AgiChannel, reason: str, call_log: Any) -> None:
         if not channel.usable:

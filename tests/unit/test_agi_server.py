@@ -193,3 +193,47 @@ class TestFastAgiServer:
 
         with pytest.raises(ValueError, match="route"):
             FastAgiServer({path: handler})
+
+
+class TestCompletionVariable:
+    """The completion variable lets the dialplan tell a finished flow from a dead controller."""
+
+    async def test_set_after_normal_return(self) -> None:
+        async def handler(env: AgiEnvironment, channel: AgiChannel) -> None:
+            await channel.answer()
+
+        server = FastAgiServer({"ivr/main": handler}, completion_variable="HOTLINE_DONE")
+        await server.start()
+        try:
+            reader, writer = await start_call(server.port)
+            await expect(reader, writer, b"ANSWER\n", b"200 result=0\n")
+            await expect(reader, writer, b'SET VARIABLE "HOTLINE_DONE" "1"\n', b"200 result=1\n")
+            await expect_closed(reader, writer)
+        finally:
+            await server.stop()
+
+    async def test_not_set_after_local_hangup(self) -> None:
+        async def handler(env: AgiEnvironment, channel: AgiChannel) -> None:
+            await channel.hangup()
+
+        server = FastAgiServer({"ivr/main": handler}, completion_variable="HOTLINE_DONE")
+        await server.start()
+        try:
+            reader, writer = await start_call(server.port)
+            await expect(reader, writer, b"HANGUP\n", b"200 result=1\n")
+            await expect_closed(reader, writer)
+        finally:
+            await server.stop()
+
+    async def test_not_set_after_handler_error(self) -> None:
+        async def handler(env: AgiEnvironment, channel: AgiChannel) -> None:
+            raise RuntimeError("bug")
+
+        server = FastAgiServer({"ivr/main": handler}, completion_variable="HOTLINE_DONE")
+        await server.start()
+        try:
+            reader, writer = await start_call(server.port)
+            await expect(reader, writer, b'SET VARIABLE "HOTLINE_FAILURE" "handler_error"\n', b"200 result=1\n")
+            await expect_closed(reader, writer)
+        finally:
+            await server.stop()
