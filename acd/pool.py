@@ -1,23 +1,56 @@
 """Domain: agents, their states and the choice of an agent for a waiting call.
 
-An agent is offered a call only when three things agree. The agent is logged in and
-not paused. The controller itself has no call reserved on or connected to that agent.
-The switch reports the agent's device as idle. The switch's device state alone is
-not enough, because it is device-wide: an agent on a direct call looks busy to every
-skill group, and one who is being rung by us looks idle until the ringing starts.
+An agent is offered a call only when three things agree. The agent is logged in, not
+paused and not in wrap-up. The controller itself has no call reserved on, ringing or
+connected to that agent. The switch reports the agent's device as idle. The switch's
+device state alone is not enough, because it is device-wide: an agent on a direct call
+looks busy to every skill group, and one who is being rung by us looks idle until the
+ringing starts.
+
+No state can stick. Wrap-up ends by itself after ``AcdSettings.wrap_up_s``. A
+reservation that is never released expires after ``AcdSettings.reservation_ttl_s`` (logged
+as a warning). Logging in enters the pool paused, so no call rings an agent who has not
+signalled "ready".
+
+Routing is one greedy pass run on every change: waiting calls are ordered by a score
+(priority, time waited, need boost) computed at that moment, and each call in that
+order takes the best eligible free agent. Every assignment, and every call that finds
+no eligible agent on arrival, leaves a ``RoutingDecision`` naming the candidates, the
+excluded agents with their reasons, the scores and the rule that fired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
+from acd.decisions import (
+    AgentEvent,
+    CandidateScore,
+    Exclusion,
+    RoutingDecision,
+    WaitingCallScore,
+)
+
 log = structlog.get_logger(__name__)
+
+DEFAULT_PROFICIENCY = 3
+SIGN_LANGUAGE_NEED = "手语"
+SIGN_LANGUAGE_SKILL = "sign_language"
+VIDEO_CAPABILITY = "video"
+SLOW_SPEECH_NEED = "需语速放缓"
+ELDERLY_CARE_TRAINING = "elderly_care"
+# A need tag "方言:温州话" requires an agent who lists 温州话 among their languages.
+DIALECT_NEED_PREFIX = "方言:"
 
 
 class DeviceState(enum.Enum):
@@ -32,41 +65,156 @@ class DeviceState(enum.Enum):
     UNAVAILABLE = "unavailable"  # not registered
 
 
+_DEVICE_ON_CALL = frozenset({DeviceState.IN_USE, DeviceState.BUSY, DeviceState.ON_HOLD})
+
+
 class AgentState(enum.Enum):
     LOGGED_OUT = "logged_out"
     AVAILABLE = "available"
     RESERVED = "reserved"
+    RINGING = "ringing"
     ON_CALL = "on_call"
+    WRAP_UP = "wrap_up"
     PAUSED = "paused"
+
+
+# Pause reason codes an operator or the pool may set, with the Chinese label shown to
+# operators. The table is fixed; docs/zh-CN/acd.md lists it.
+PAUSE_REASONS: Mapping[str, str] = {
+    "login": "登录待就绪",
+    "break": "小休",
+    "meal": "用餐",
+    "training": "培训",
+    "meeting": "会议",
+    "paperwork": "案头工作",
+    "no_answer": "未接听",
+    "supervisor": "班长暂停",
+    "other": "其他",
+}
+
+STATE_LABELS: Mapping[AgentState, str] = {
+    AgentState.LOGGED_OUT: "未登录",
+    AgentState.AVAILABLE: "空闲",
+    AgentState.RESERVED: "已预留",
+    AgentState.RINGING: "振铃中",
+    AgentState.ON_CALL: "通话中",
+    AgentState.WRAP_UP: "话后整理",
+    AgentState.PAUSED: "暂停",
+}
+
+
+class ReleaseOutcome(enum.Enum):
+    """Dial result of a reserved call, passed to ``release`` when the flow has it."""
+
+    ANSWERED = "answered"
+    NO_ANSWER = "no_answer"
+    ABANDONED = "abandoned"  # the caller hung up or the dial failed before the agent answered
 
 
 @dataclass(frozen=True, slots=True)
 class AgentProfile:
-    """An agent as listed in the roster."""
+    """An agent as listed in the roster.
+
+    ``proficiency`` contains (skill, level 1-5) pairs; a skill in ``skills`` without a pair
+    has level ``DEFAULT_PROFICIENCY``.
+    """
 
     agent_id: str
     name: str
     endpoint: str
     skills: frozenset[str]
+    proficiency: tuple[tuple[str, int], ...] = ()
+    tier: str | None = None
+    region_code: str | None = None
+    languages: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset()
+    training: frozenset[str] = frozenset()
+
+    def level(self, skill: str) -> int:
+        """Return the proficiency 1-5 in ``skill``, or 0 when the agent lacks it."""
+        if skill not in self.skills:
+            return 0
+        return dict(self.proficiency).get(skill, DEFAULT_PROFICIENCY)
+
+
+@dataclass(frozen=True, slots=True)
+class AcdSettings:
+    """Timers and routing weights of one node's pool."""
+
+    wrap_up_s: float = 15.0
+    # Reason code for pausing an agent whose phone rang unanswered. None disables the pause.
+    no_answer_pause_reason: str | None = "no_answer"
+    reservation_ttl_s: float = 120.0
+    # During this many seconds of waiting, a call with a preferred agent waits for that agent.
+    preferred_wait_s: float = 30.0
+    priority_weight: float = 100.0
+    wait_slope_per_s: float = 1.0
+    emergency_priority: int = 9
+    emergency_boost: float = 1_000_000.0
+    need_boosts: Mapping[str, float] = field(default_factory=lambda: {
+        SIGN_LANGUAGE_NEED: 30.0, "听力障碍": 20.0, SLOW_SPEECH_NEED: 10.0, "需重复确认": 10.0,
+    })
+    proficiency_weight: float = 10.0
+    elderly_care_bonus: float = 15.0
+    preferred_agent_bonus: float = 100.0
+    same_tier_bonus: float = 5.0
+    event_ring_size: int = 1000
+    # How long a call that stopped waiting is remembered, so a flow's next ``reserve`` for
+    # it continues the same wait.
+    arrival_memory_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.wrap_up_s < 0 or self.reservation_ttl_s <= 0 or self.preferred_wait_s < 0:
+            raise ValueError("wrap_up_s and preferred_wait_s must be >= 0 and reservation_ttl_s > 0")
+        if self.no_answer_pause_reason is not None and self.no_answer_pause_reason not in PAUSE_REASONS:
+            raise ValueError(f"unknown pause reason {self.no_answer_pause_reason!r}")
+
+
+class AcdRecorder(Protocol):
+    """Sink for the pool's events and decisions. Its methods must not block."""
+
+    def agent_event(self, event: AgentEvent) -> None: ...
+
+    def decision(self, decision: RoutingDecision) -> None: ...
 
 
 @dataclass(slots=True)
 class _AgentStatus:
     profile: AgentProfile
     logged_in: bool = True
-    paused: bool = False
+    pause_reason: str | None = None
     device: DeviceState = DeviceState.UNKNOWN
     call_id: str | None = None
+    ringing: bool = False
     connected: bool = False
+    # Monotonic time of the last sign of life of the current reservation.
+    progress_at: float = 0.0
+    wrap_until: float | None = None
     idle_since: float = 0.0
+    state: AgentState = AgentState.AVAILABLE
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class _Waiter:
     call_id: str
     skill: str
     exclude: frozenset[str]
-    priority: int = 0
+    priority: int
+    needs: frozenset[str]
+    tier: str | None
+    preferred_agent: str | None
+    arrived_at: float
+    sequence: int
+    future: asyncio.Future[Reservation]
+
+
+@dataclass(slots=True)
+class _Arrival:
+    """When a call first asked for an agent, kept across its repeated ``reserve`` calls."""
+
+    arrived_at: float
+    last_seen: float = 0.0
+    explained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,55 +234,142 @@ class AgentSnapshot:
     device: DeviceState
     call_id: str | None
     skills: frozenset[str] = field(default_factory=frozenset)
+    pause_reason: str | None = None
 
 
 class AgentPool:
     """Agents of one node and the rule that hands a waiting call to one of them.
 
-    Among eligible agents the one idle the longest is chosen. ``clock`` returns
-    monotonic seconds.
+    ``clock`` returns monotonic seconds and drives every timer; ``wall_clock`` returns the
+    UTC time stamped on events and decisions. Time-driven changes (end of wrap-up,
+    expired reservations) happen on a loop timer, and also whenever ``tick`` or any other
+    method runs, so a test with an injected clock calls ``tick`` after advancing it.
     """
 
-    def __init__(self, agents: Iterable[AgentProfile], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        agents: Iterable[AgentProfile],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        settings: AcdSettings | None = None,
+        recorder: AcdRecorder | None = None,
+        start_paused: bool = False,
+    ):
         self._clock = clock
-        self._agents = {agent.agent_id: _AgentStatus(agent, idle_since=clock()) for agent in agents}
+        self._wall_clock = wall_clock
+        self._settings = settings or AcdSettings()
+        self._recorder = recorder
+        # Every roster agent starts logged in. With ``start_paused`` each also waits for an
+        # explicit "ready" (reason ``login``), as a login does.
+        # NOTE: without ``start_paused`` a node's restart offers calls to every roster agent at once.
+        initial = AgentState.PAUSED if start_paused else AgentState.AVAILABLE
+        self._agents = {
+            agent.agent_id: _AgentStatus(agent, pause_reason="login" if start_paused else None,
+                                         idle_since=clock(), state=initial)
+            for agent in agents
+        }
         self._by_endpoint = {status.profile.endpoint: status for status in self._agents.values()}
-        self._changed = asyncio.Condition()
         self._waiting: list[_Waiter] = []
+        self._sequence = itertools.count()
+        self._events: deque[AgentEvent] = deque(maxlen=self._settings.event_ring_size)
+        self._arrivals: dict[str, _Arrival] = {}
 
     @property
     def agent_ids(self) -> list[str]:
         return list(self._agents)
 
+    @property
+    def settings(self) -> AcdSettings:
+        return self._settings
+
     def endpoint_known(self, endpoint: str) -> bool:
         return endpoint in self._by_endpoint
 
-    def _state(self, status: _AgentStatus) -> AgentState:
+    def events(self) -> list[AgentEvent]:
+        """Return the most recent state changes, oldest first."""
+        return list(self._events)
+
+    # --- state -------------------------------------------------------------------------
+
+    def _derive(self, status: _AgentStatus) -> AgentState:
         if not status.logged_in:
             return AgentState.LOGGED_OUT
         if status.call_id is not None:
-            return AgentState.ON_CALL if status.connected else AgentState.RESERVED
-        if status.paused:
+            if status.connected:
+                return AgentState.ON_CALL
+            return AgentState.RINGING if status.ringing else AgentState.RESERVED
+        if status.wrap_until is not None:
+            return AgentState.WRAP_UP
+        if status.pause_reason is not None:
             return AgentState.PAUSED
         return AgentState.AVAILABLE
 
-    def _eligible(self, status: _AgentStatus, skill: str, exclude: frozenset[str]) -> bool:
-        return (
-            self._state(status) is AgentState.AVAILABLE
-            and status.device is DeviceState.NOT_IN_USE
-            and skill in status.profile.skills
-            and status.profile.agent_id not in exclude
+    def _settle(self, status: _AgentStatus, reason: str, call_id: str | None = None) -> None:
+        """Record a transition when the mutation just made changed the agent's state."""
+        state = self._derive(status)
+        if state is status.state:
+            return
+
+        event = AgentEvent(
+            at=self._wall_clock(), agent_id=status.profile.agent_id, previous=status.state.value,
+            state=state.value, reason=reason, call_id=call_id or status.call_id,
+            pause_reason=status.pause_reason if state is AgentState.PAUSED else None,
         )
+        status.state = state
+        if state is AgentState.AVAILABLE:
+            status.idle_since = self._clock()
+        self._events.append(event)
+        if self._recorder is not None:
+            self._recorder.agent_event(event)
+        log.info("agent state", agent_id=event.agent_id, previous=event.previous, state=event.state,
+                 reason=reason, call_id=event.call_id)
 
     def snapshot(self) -> list[AgentSnapshot]:
+        self._housekeep()
         return [
-            AgentSnapshot(s.profile.agent_id, self._state(s), s.device, s.call_id, s.profile.skills)
+            AgentSnapshot(s.profile.agent_id, s.state, s.device, s.call_id, s.profile.skills, s.pause_reason)
             for s in self._agents.values()
         ]
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _housekeep(self) -> None:
+        """End wrap-ups whose time is up and expire reservations that were never released."""
+        now = self._clock()
+        waiting_ids = {w.call_id for w in self._waiting}
+        for call_id, arrival in list(self._arrivals.items()):
+            if call_id not in waiting_ids and now - arrival.last_seen >= self._settings.arrival_memory_s:
+                del self._arrivals[call_id]
+
+        for status in self._agents.values():
+            if status.wrap_until is not None and now >= status.wrap_until:
+                status.wrap_until = None
+                self._settle(status, "wrap_up_done")
+
+            stale = status.call_id is not None and (not status.connected or status.device not in _DEVICE_ON_CALL)
+            if stale and now - status.progress_at >= self._settings.reservation_ttl_s:
+                call_id = status.call_id
+                log.warning("reservation expired without release", agent_id=status.profile.agent_id,
+                            call_id=call_id, ttl_s=self._settings.reservation_ttl_s)
+                status.call_id = None
+                status.ringing = status.connected = False
+                self._settle(status, "reservation_expired", call_id)
+
+    def _arm_timer(self, delay_s: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(max(delay_s, 0.0) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._housekeep()
+        self._dispatch()
+
+    async def tick(self) -> None:
+        """Apply time-driven changes now and route; for tests that move an injected clock."""
+        self._on_timer()
+
+    # --- inputs ------------------------------------------------------------------------
 
     async def device_state_changed(self, endpoint: str, state: DeviceState) -> None:
         """Record the switch's view of an agent's device; unknown endpoints are ignored."""
@@ -146,76 +381,313 @@ class AgentPool:
         status.device = state
         if previous is not state:
             log.info("agent device state", agent_id=status.profile.agent_id, previous=previous.value, state=state.value)
-        if state is DeviceState.NOT_IN_USE and previous is not DeviceState.NOT_IN_USE and status.call_id is None:
+
+        if status.call_id is not None and previous is not state:
+            status.progress_at = self._clock()
+            if state is DeviceState.RINGING and not status.connected:
+                status.ringing = True
+                self._settle(status, "device_ringing")
+            elif state in _DEVICE_ON_CALL and not status.connected:
+                status.connected = True
+                self._settle(status, "device_in_use")
+            elif state is DeviceState.NOT_IN_USE and status.connected:
+                # The switch reports the call is over. The flow's release usually follows,
+                # and the reservation timer frees the agent when it does not.
+                self._arm_timer(self._settings.reservation_ttl_s)
+        elif status.call_id is None and state is DeviceState.NOT_IN_USE and previous is not state:
             status.idle_since = self._clock()
-        await self._notify()
 
-    async def set_paused(self, agent_id: str, paused: bool) -> None:
-        self._agents[agent_id].paused = paused
-        await self._notify()
+        self._housekeep()
+        self._dispatch()
 
-    async def set_logged_in(self, agent_id: str, logged_in: bool) -> None:
-        self._agents[agent_id].logged_in = logged_in
-        await self._notify()
+    async def set_paused(self, agent_id: str, paused: bool, *, reason: str = "other") -> None:
+        """Pause an agent with a reason code from ``PAUSE_REASONS``, or unpause."""
+        if paused and reason not in PAUSE_REASONS:
+            known = "、".join(f"{code}（{label}）" for code, label in PAUSE_REASONS.items())
+            raise ValueError(f"暂停原因“{reason}”不在原因表中，请改用：{known}")
+        status = self._agents[agent_id]
+        status.pause_reason = reason if paused else None
+        self._settle(status, f"pause:{reason}" if paused else "unpause")
+        self._housekeep()
+        self._dispatch()
+
+    async def set_logged_in(self, agent_id: str, logged_in: bool, *, ready: bool = False) -> None:
+        """Log an agent in or out in one step.
+
+        Logging in enters the pool paused with reason ``login`` unless ``ready`` is True,
+        so no call is offered between the login and the agent's "ready".
+        """
+        status = self._agents[agent_id]
+        if logged_in and not status.logged_in:
+            status.pause_reason = None if ready else "login"
+        status.logged_in = logged_in
+        self._settle(status, "login" if logged_in else "logout")
+        self._housekeep()
+        self._dispatch()
 
     def has_agent_for(self, skill: str) -> bool:
         """Return True when a logged-in agent has the skill, busy or not."""
         return any(s.logged_in and skill in s.profile.skills for s in self._agents.values())
 
+    # --- reserve / release ---------------------------------------------------------------
+
     async def reserve(
-        self, call_id: str, skill: str, *, timeout_s: float, exclude: Iterable[str] = (), priority: int = 0
+        self,
+        call_id: str,
+        skill: str,
+        *,
+        timeout_s: float,
+        exclude: Iterable[str] = (),
+        priority: int = 0,
+        needs: frozenset[str] = frozenset(),
+        tier: str | None = None,
+        preferred_agent: str | None = None,
+        waiting_since: float | None = None,
     ) -> Reservation | None:
         """Wait up to ``timeout_s`` for an eligible agent and reserve it for ``call_id``.
 
-        Returns None on timeout. An agent that a call ahead could also take goes to that
-        call. Calls with a higher ``priority`` (an emergency) are ahead of all calls with a
-        lower one, and calls of equal priority are served in arrival order.
+        Returns None on timeout. Waiting calls are served in score order (see
+        ``waiting_score``). A call's first ``reserve`` sets its arrival time, which later
+        calls for the same ``call_id`` keep. ``waiting_since`` (the pool's clock) overrides it.
         """
-        waiter = _Waiter(call_id, skill, frozenset(exclude), priority)
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        # A flow calls reserve again after each announcement or unanswered ring; the call
+        # keeps the time it first arrived, so its wait keeps counting.
+        arrival = self._arrivals.get(call_id)
+        if arrival is None:
+            arrival = self._arrivals[call_id] = _Arrival(now if waiting_since is None else waiting_since)
+        arrival.last_seen = now
+        waiter = _Waiter(
+            call_id, skill, frozenset(exclude), priority, frozenset(needs), tier, preferred_agent,
+            arrival.arrived_at if waiting_since is None else waiting_since, next(self._sequence), loop.create_future(),
+        )
         self._waiting.append(waiter)
         try:
-            async with self._changed:
-                async with asyncio.timeout(timeout_s):
-                    while True:
-                        chosen = self._pick_for(waiter)
-                        if chosen is not None:
-                            chosen.call_id = call_id
-                            chosen.connected = False
-                            log.info("agent reserved", call_id=call_id, agent_id=chosen.profile.agent_id, skill=skill)
-                            return Reservation(chosen.profile.agent_id, chosen.profile.endpoint, call_id, skill)
-                        await self._changed.wait()
-        except TimeoutError:
-            return None
+            self._housekeep()
+            self._dispatch()
+            if not waiter.future.done():
+                if not arrival.explained:
+                    arrival.explained = True
+                    self._explain_waiting(waiter)
+                if preferred_agent is not None:
+                    self._arm_timer(waiter.arrived_at + self._settings.preferred_wait_s - self._clock())
+                await asyncio.wait({waiter.future}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            # The flow was cancelled (caller gone, shutdown) after an agent was chosen: free
+            # the agent now rather than at reservation expiry.
+            if waiter.future.done() and not waiter.future.cancelled():
+                self._undo(waiter.future.result())
+            raise
         finally:
             self._waiting.remove(waiter)
-            await self._notify()
-
-    def _pick_for(self, waiter: _Waiter) -> _AgentStatus | None:
-        position = self._waiting.index(waiter)
-        earlier = [
-            other for index, other in enumerate(self._waiting)
-            if other.priority > waiter.priority or (other.priority == waiter.priority and index < position)
-        ]
-        candidates = [s for s in self._agents.values() if self._eligible(s, waiter.skill, waiter.exclude)]
-        candidates.sort(key=lambda s: (s.idle_since, s.profile.agent_id))
-        for status in candidates:
-            if not any(self._eligible(status, other.skill, other.exclude) for other in earlier):
-                return status
+            arrival.last_seen = self._clock()
+        if waiter.future.done():
+            return waiter.future.result()
+        waiter.future.cancel()
+        self._dispatch()
         return None
+
+    def _undo(self, reservation: Reservation) -> None:
+        status = self._agents[reservation.agent_id]
+        if status.call_id == reservation.call_id and not status.connected:
+            status.call_id = None
+            status.ringing = False
+            self._settle(status, "reservation_cancelled", reservation.call_id)
+            self._dispatch()
+
+    def set_priority(self, call_id: str, priority: int) -> bool:
+        """Change a waiting call's priority; it takes effect at the next routing decision."""
+        for waiter in self._waiting:
+            if waiter.call_id == call_id:
+                waiter.priority = priority
+                log.info("waiting call priority changed", call_id=call_id, priority=priority)
+                self._dispatch()
+                return True
+        return False
 
     async def connected(self, reservation: Reservation) -> None:
         status = self._agents[reservation.agent_id]
         if status.call_id == reservation.call_id:
             status.connected = True
-            await self._notify()
+            status.progress_at = self._clock()
+            self._settle(status, "connected")
 
-    async def release(self, reservation: Reservation, *, reason: str) -> None:
-        """End a reservation; the agent becomes available again once the device is idle."""
+    async def release(self, reservation: Reservation, *, reason: str, outcome: ReleaseOutcome | None = None) -> None:
+        """End a reservation.
+
+        After a connected call the agent enters wrap-up. When the phone rang and was not
+        answered (``outcome`` NO_ANSWER, or no outcome given and the device rang but never
+        went in use) the agent is paused with the configured reason.
+        """
         status = self._agents[reservation.agent_id]
         if status.call_id != reservation.call_id:
             return
+
+        answered = outcome is ReleaseOutcome.ANSWERED or (outcome is None and status.connected)
+        no_answer = outcome is ReleaseOutcome.NO_ANSWER or (outcome is None and status.ringing and not status.connected)
         status.call_id = None
-        status.connected = False
-        status.idle_since = self._clock()
-        log.info("agent released", call_id=reservation.call_id, agent_id=reservation.agent_id, reason=reason)
-        await self._notify()
+        status.ringing = status.connected = False
+        if answered and self._settings.wrap_up_s > 0:
+            status.wrap_until = self._clock() + self._settings.wrap_up_s
+            self._arm_timer(self._settings.wrap_up_s)
+        elif no_answer and self._settings.no_answer_pause_reason is not None:
+            status.pause_reason = self._settings.no_answer_pause_reason
+        log.info("agent released", call_id=reservation.call_id, agent_id=reservation.agent_id, reason=reason,
+                 outcome=outcome.value if outcome else None)
+        self._settle(status, f"release:{reason}", reservation.call_id)
+        self._housekeep()
+        self._dispatch()
+
+    # --- routing -------------------------------------------------------------------------
+
+    def waiting_score(self, waiter: _Waiter, now: float) -> float:
+        """Priority, time waited and need boost as one number; higher is served first."""
+        s = self._settings
+        score = waiter.priority * s.priority_weight + (now - waiter.arrived_at) * s.wait_slope_per_s
+        score += sum(s.need_boosts.get(need, 0.0) for need in waiter.needs)
+        if waiter.priority >= s.emergency_priority:
+            score += s.emergency_boost
+        return score
+
+    def _exclusion(self, status: _AgentStatus, waiter: _Waiter, now: float) -> str | None:
+        """Return why ``status`` cannot take ``waiter`` now, in Chinese, or None."""
+        profile = status.profile
+        state = status.state
+        if state is AgentState.LOGGED_OUT:
+            return "未登录"
+        if state is AgentState.PAUSED:
+            return f"暂停（{PAUSE_REASONS.get(status.pause_reason or '', status.pause_reason)}）"
+        if state is AgentState.WRAP_UP:
+            return f"话后整理中，还剩 {max((status.wrap_until or now) - now, 0):.0f} 秒"
+        if state is not AgentState.AVAILABLE:
+            return f"本系统记录其正在处理呼叫 {status.call_id}（{STATE_LABELS[state]}）"
+
+        if status.device is not DeviceState.NOT_IN_USE:
+            return f"话机状态为 {status.device.value}，不是空闲（可能在打其他电话或未注册）"
+        if waiter.skill not in profile.skills:
+            return f"不具备技能 {waiter.skill}"
+        if profile.agent_id in waiter.exclude:
+            return "本次排队中已振铃未接"
+
+        if SIGN_LANGUAGE_NEED in waiter.needs:
+            if SIGN_LANGUAGE_SKILL not in profile.skills:
+                return f"来电需要手语，坐席不具备技能 {SIGN_LANGUAGE_SKILL}"
+            if VIDEO_CAPABILITY not in profile.capabilities:
+                return "来电需要手语，坐席话机不支持视频"
+        for need in waiter.needs:
+            if need.startswith(DIALECT_NEED_PREFIX):
+                dialect = need.removeprefix(DIALECT_NEED_PREFIX)
+                if dialect not in profile.languages:
+                    return f"来电需要方言“{dialect}”，坐席不会"
+
+        held_for = waiter.preferred_agent
+        if (held_for is not None and held_for != profile.agent_id and held_for in self._agents
+                and self._agents[held_for].logged_in and held_for not in waiter.exclude
+                and now - waiter.arrived_at < self._settings.preferred_wait_s):
+            left = self._settings.preferred_wait_s - (now - waiter.arrived_at)
+            return f"来电正在等上次接待的坐席 {held_for}（还等 {left:.0f} 秒）"
+        return None
+
+    def _agent_score(self, status: _AgentStatus, waiter: _Waiter) -> tuple[float, tuple[str, ...]]:
+        s = self._settings
+        profile = status.profile
+        level = profile.level(waiter.skill)
+        score = level * s.proficiency_weight
+        reasons = [f"熟练度 {level}"]
+        if SLOW_SPEECH_NEED in waiter.needs and ELDERLY_CARE_TRAINING in profile.training:
+            score += s.elderly_care_bonus
+            reasons.append("受过老年人服务培训")
+        if waiter.preferred_agent == profile.agent_id:
+            score += s.preferred_agent_bonus
+            reasons.append("上次接待该来电人")
+        if waiter.tier is not None and profile.tier == waiter.tier:
+            score += s.same_tier_bonus
+            reasons.append("同一层级")
+        return score, tuple(reasons)
+
+    def _rank(self, waiter: _Waiter, now: float, assigned: set[str]):
+        candidates: list[tuple[_AgentStatus, float, tuple[str, ...]]] = []
+        exclusions: list[Exclusion] = []
+        for status in self._agents.values():
+            reason = self._exclusion(status, waiter, now)
+            if reason is None and status.profile.agent_id in assigned:
+                reason = "本轮已分给分数更高的来电"
+            if reason is not None:
+                exclusions.append(Exclusion(status.profile.agent_id, reason))
+                continue
+            score, reasons = self._agent_score(status, waiter)
+            candidates.append((status, score, reasons))
+        candidates.sort(key=lambda c: (-c[1], c[0].idle_since, c[0].profile.agent_id))
+        return candidates, exclusions
+
+    def _dispatch(self) -> None:
+        """Give free agents to waiting calls in score order; record each decision."""
+        now = self._clock()
+        pending = [w for w in self._waiting if not w.future.done()]
+        if not pending:
+            return
+
+        scored = sorted(((self.waiting_score(w, now), w) for w in pending), key=lambda x: (-x[0], x[1].sequence))
+        board = tuple(WaitingCallScore(w.call_id, round(score, 2), w.priority) for score, w in scored)
+        assigned: set[str] = set()
+        for score, waiter in scored:
+            candidates, exclusions = self._rank(waiter, now, assigned)
+            if not candidates:
+                continue
+
+            chosen, chosen_score, _ = candidates[0]
+            status = chosen
+            assigned.add(status.profile.agent_id)
+            rule = self._rule(waiter, candidates, scored)
+            decision = RoutingDecision(
+                call_id=waiter.call_id, decided_at=self._wall_clock(), rule=rule, skill=waiter.skill,
+                needs=tuple(sorted(waiter.needs)), priority=waiter.priority, call_score=round(score, 2),
+                chosen_agent=status.profile.agent_id,
+                candidates=tuple(
+                    CandidateScore(c.profile.agent_id, round(sc, 2), round(now - c.idle_since, 1), reasons)
+                    for c, sc, reasons in candidates
+                ),
+                exclusions=tuple(exclusions), waiting=board,
+            )
+            self._record(decision)
+
+            status.call_id = waiter.call_id
+            status.ringing = status.connected = False
+            status.progress_at = now
+            self._settle(status, "reserved", waiter.call_id)
+            self._arm_timer(self._settings.reservation_ttl_s)
+            log.info("agent reserved", call_id=waiter.call_id, agent_id=status.profile.agent_id,
+                     skill=waiter.skill, rule=rule)
+            waiter.future.set_result(
+                Reservation(status.profile.agent_id, status.profile.endpoint, waiter.call_id, waiter.skill)
+            )
+
+    def _rule(self, waiter: _Waiter, candidates, scored) -> str:
+        chosen, chosen_score, _ = candidates[0]
+        if waiter.priority >= self._settings.emergency_priority:
+            return "emergency_first"
+        if waiter.preferred_agent == chosen.profile.agent_id:
+            return "preferred_agent"
+        if len(candidates) > 1 and candidates[1][1] == chosen_score:
+            return "tie_longest_idle"
+        if scored[0][1] is waiter:
+            return "best_agent"
+        return "higher_calls_ineligible"
+
+    def _explain_waiting(self, waiter: _Waiter) -> None:
+        """Record why a call found no agent on arrival."""
+        now = self._clock()
+        _, exclusions = self._rank(waiter, now, set())
+        self._record(RoutingDecision(
+            call_id=waiter.call_id, decided_at=self._wall_clock(), rule="no_eligible_agent", skill=waiter.skill,
+            needs=tuple(sorted(waiter.needs)), priority=waiter.priority,
+            call_score=round(self.waiting_score(waiter, now), 2), chosen_agent=None, candidates=(),
+            exclusions=tuple(exclusions),
+            waiting=tuple(WaitingCallScore(w.call_id, round(self.waiting_score(w, now), 2), w.priority)
+                          for w in self._waiting if not w.future.done()),
+        ))
+
+    def _record(self, decision: RoutingDecision) -> None:
+        if self._recorder is not None:
+            self._recorder.decision(decision)

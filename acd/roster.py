@@ -1,20 +1,48 @@
-"""Agent roster files: who can take calls at this node, on which endpoint, with which skills."""
+"""Agent roster files: who can take calls at this node, on which endpoint, with which skills.
+
+A roster is YAML (a list of mappings) or CSV (one agent a row, header first), chosen by
+the file suffix. Fields: ``id``, ``name``, ``endpoint``, optional ``tier`` and ``region``,
+``skills`` (``dibao:4`` = skill dibao at proficiency 4; a plain ``dibao`` is level 3),
+``languages`` (languages and dialects, e.g. 普通话, 温州话), ``capabilities`` (``video``
+for sign-language calls) and ``training`` (``elderly_care``). In CSV, list cells separate
+items with ``;``.
+"""
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from acd.pool import AgentProfile
+from acd.pool import DEFAULT_PROFICIENCY, AgentProfile
 from hotline.settings_errors import explain_error
+
+TIERS = ("ministry", "province", "city", "county")
+CAPABILITIES = ("video",)
+TRAININGS = ("elderly_care",)
+_SKILL_ID = r"^[a-z][a-z0-9_]{0,31}$"
+_LIST_FIELDS = ("skills", "languages", "capabilities", "training")
 
 
 class RosterError(Exception):
     """A roster that cannot be used; the message is Chinese and names row, field and fix."""
+
+
+def _parse_skill(item: Any) -> tuple[str, int]:
+    text = str(item).strip()
+    name, _, level_text = text.partition(":")
+    if not re.match(_SKILL_ID, name):
+        raise ValueError(f"技能“{text}”的名称格式不对，请用小写英文字母开头的代码，例如 dibao 或 dibao:4")
+    if not level_text:
+        return name, DEFAULT_PROFICIENCY
+    if not level_text.isdigit() or not 1 <= int(level_text) <= 5:
+        raise ValueError(f"技能“{text}”的熟练度应为 1 到 5 的整数，例如 {name}:4")
+    return name, int(level_text)
 
 
 class _RosterEntry(BaseModel):
@@ -23,39 +51,115 @@ class _RosterEntry(BaseModel):
     id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
     name: Annotated[str, Field(min_length=1, max_length=32)]
     endpoint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
-    skills: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]], Field(min_length=1)]
+    tier: str | None = None
+    region: Annotated[str | None, Field(pattern=r"^\d{6}$")] = None
+    skills: Annotated[list[str], Field(min_length=1)]
+    languages: list[Annotated[str, Field(min_length=1, max_length=16)]] = []
+    capabilities: list[str] = []
+    training: list[str] = []
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _parse_skill(item)
+        return value
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, value: str | None) -> str | None:
+        if value is not None and value not in TIERS:
+            raise ValueError(f"层级“{value}”不认识，请填 {'、'.join(TIERS)} 之一")
+        return value
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in CAPABILITIES:
+                raise ValueError(f"能力“{item}”不认识，请填 {'、'.join(CAPABILITIES)}（视频，手语来电需要）")
+        return value
+
+    @field_validator("training")
+    @classmethod
+    def _training(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item not in TRAININGS:
+                raise ValueError(f"培训“{item}”不认识，请填 {'、'.join(TRAININGS)}（老年人服务培训）")
+        return value
+
+
+def explain_field_error(item: Any) -> str:
+    """Return one Chinese line for one pydantic error, keeping a validator's own message."""
+    if item["type"] == "value_error":
+        field = ".".join(str(part) for part in item["loc"])
+        return f"字段“{field}”：{str(item['msg']).removeprefix('Value error, ')}"
+    return explain_error(item)
+
+
+def _read_yaml(path: Path) -> list[tuple[str, Any]]:
+    try:
+        rows = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except YAMLError as exc:
+        raise RosterError(f"坐席名单 {path} 不是有效的 YAML：{exc}") from exc
+    if not isinstance(rows, list) or not rows:
+        raise RosterError(f"坐席名单 {path} 应为非空列表，每项一名坐席（id、name、endpoint、skills）")
+    return [(f"第 {number} 名坐席", row) for number, row in enumerate(rows, start=1)]
+
+
+def _read_csv(path: Path) -> list[tuple[str, Any]]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows: list[tuple[str, Any]] = []
+        for row in reader:
+            if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
+                continue
+            data: dict[str, Any] = {}
+            for column, value in row.items():
+                if column is None:
+                    data["（多余的列）"] = value
+                    continue
+                text = (value or "").strip()
+                if column in _LIST_FIELDS:
+                    data[column] = [part.strip() for part in text.split(";") if part.strip()]
+                elif text:
+                    data[column] = text
+            rows.append((f"第 {reader.line_num} 行", data))
+    if not rows:
+        raise RosterError(f"坐席名单 {path} 没有坐席：第 1 行写列名（id,name,endpoint,skills,…），之后每行一名坐席")
+    return rows
 
 
 def load_roster(path: str | Path) -> list[AgentProfile]:
-    """Load a YAML roster: a list of agents with ``id``, ``name``, ``endpoint`` and ``skills``."""
+    """Load a YAML or CSV roster (by suffix ``.csv``) into agent profiles."""
     path = Path(path)
     try:
-        rows = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+        rows = _read_csv(path) if path.suffix.lower() == ".csv" else _read_yaml(path)
     except FileNotFoundError as exc:
         raise RosterError(f"找不到坐席名单 {path}，请检查路径") from exc
-    except YAMLError as exc:
-        raise RosterError(f"坐席名单 {path} 不是有效的 YAML：{exc}") from exc
-
-    if not isinstance(rows, list) or not rows:
-        raise RosterError(f"坐席名单 {path} 应为非空列表，每项一名坐席（id、name、endpoint、skills）")
 
     agents: list[AgentProfile] = []
     problems: list[str] = []
     seen_ids: set[str] = set()
     seen_endpoints: set[str] = set()
-    for number, row in enumerate(rows, start=1):
+    for where, row in rows:
         try:
             entry = _RosterEntry.model_validate(row)
         except ValidationError as exc:
-            problems.extend(f"第 {number} 名坐席，{explain_error(item)}" for item in exc.errors())
+            problems.extend(f"{where}，{explain_field_error(item)}" for item in exc.errors())
             continue
         if entry.id in seen_ids:
-            problems.append(f"第 {number} 名坐席：工号“{entry.id}”重复，请改成唯一的工号")
+            problems.append(f"{where}：工号“{entry.id}”重复，请改成唯一的工号")
         if entry.endpoint in seen_endpoints:
-            problems.append(f"第 {number} 名坐席：话机“{entry.endpoint}”已分给别的坐席，每名坐席一部话机")
+            problems.append(f"{where}：话机“{entry.endpoint}”已分给别的坐席，每名坐席一部话机")
         seen_ids.add(entry.id)
         seen_endpoints.add(entry.endpoint)
-        agents.append(AgentProfile(entry.id, entry.name, entry.endpoint, frozenset(entry.skills)))
+        levels = dict(_parse_skill(item) for item in entry.skills)
+        agents.append(AgentProfile(
+            entry.id, entry.name, entry.endpoint, frozenset(levels), tuple(sorted(levels.items())),
+            tier=entry.tier, region_code=entry.region, languages=frozenset(entry.languages),
+            capabilities=frozenset(entry.capabilities), training=frozenset(entry.training),
+        ))
 
     if problems:
         raise RosterError(f"坐席名单 {path} 有误：\n" + "\n".join(f"  - {p}" for p in problems))

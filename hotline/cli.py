@@ -6,6 +6,7 @@ import click
 
 from hotline.logging import configure_logging
 
+from hotline.commands.acd import acd
 from hotline.commands.demo import demo
 from hotline.commands.flows import flows
 from hotline.commands.profiles import profiles
@@ -30,3 +31,4 @@ main.add_command(prompts)
 main.add_command(tickets)
 main.add_command(sla)
 main.add_command(profiles)
+main.add_command(acd)

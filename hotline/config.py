@@ -62,6 +62,8 @@ class Telephony(_Strict):
     roster: Path
     # Admin's working-day overrides on top of the State Council holiday data.
     calendar_overrides: Path | None = None
+    # Wrap-up time, no-answer pause and routing weights; defaults apply when absent.
+    acd_settings: Path | None = None
 
 
 class NodeConfig(_Strict):
@@ -87,6 +89,7 @@ def _check_files_exist(path: Path, telephony: Telephony) -> None:
         "telephony.roster": telephony.roster,
         "telephony.ami.secret_file": telephony.ami.secret_file,
         "telephony.calendar_overrides": telephony.calendar_overrides,
+        "telephony.acd_settings": telephony.acd_settings,
     }
     missing = [f"  - {key}：{file}" for key, file in files.items() if file is not None and not Path(file).is_file()]
     if missing:

@@ -251,6 +251,8 @@ broker:
             f"- {{id: {a['id']}, name: {a['name']}, endpoint: {a['endpoint']}, skills: [{', '.join(a['skills'])}]}}\n"
             for a in AGENTS
         ))
+        # A short wrap-up keeps the demo's back-to-back calls quick; the default is 15 s.
+        acd_settings = _write_yaml(self.work_dir / "acd.yaml", "wrap_up_s: 2\n")
         self.county_config = _write_yaml(self.work_dir / "county.yaml", f"""\
 node_id: {COUNTY['node_id']}
 tier: county
@@ -267,6 +269,7 @@ telephony:
   prompt_sound_dir: {self.asterisk.instance_dir / 'sounds'}
   roster: {roster}
   calendar_overrides: {REPO_ROOT / 'config' / 'calendar-overrides.yaml'}
+  acd_settings: {acd_settings}
 """)
         county = _NodeProcess("county", self.county_config, self.work_dir)
         self._exit.callback(county.stop)

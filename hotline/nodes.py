@@ -13,8 +13,9 @@ from pathlib import Path
 
 import structlog
 
-from acd.pool import AgentPool, AgentProfile
+from acd.pool import AcdSettings, AgentPool, AgentProfile
 from acd.roster import load_roster
+from acd.settings import load_acd_settings
 from hotline.config import NodeConfig, Telephony
 from hotline.ticket_desk import TicketDesk
 from hwd_bridge.agi_call_port import AgiCallPort, call_from_agi_environment
@@ -29,6 +30,7 @@ from ivr.engine import FlowRunner
 from ivr.flow import Flow, flow_skills
 from ivr.flow_registry import FlowRegistry, FlowWatcher
 from speech.catalog import load_catalog
+from storage.acd_store import AcdStore, AcdStoreRecorder, acd_path
 from storage.ticket_store import TicketStore
 from tickets.calendar import WorkingCalendar, load_calendar_overrides
 from tier_sync.outbox_publisher import OutboxPublisher, PublisherSettings
@@ -80,6 +82,8 @@ class CountyNode:
         self._flow_watcher: FlowWatcher | None = None
         self._flow_poll_interval_s = flow_poll_interval_s
         self._pool: AgentPool | None = None
+        self._acd_store: AcdStore | None = None
+        self._acd_recorder: AcdStoreRecorder | None = None
         self._runner: FlowRunner | None = None
         self._desk: TicketDesk | None = None
 
@@ -107,7 +111,10 @@ class CountyNode:
         flow = self._flows.start_from_file(telephony.flow)
         self._flow_watcher = FlowWatcher(self._flows, telephony.flow, interval_s=self._flow_poll_interval_s)
         roster = load_roster(telephony.roster)
-        self._pool = AgentPool(roster)
+        acd_settings = load_acd_settings(telephony.acd_settings) if telephony.acd_settings else AcdSettings()
+        self._acd_store = await AcdStore.open(acd_path(self.config.database))
+        self._acd_recorder = AcdStoreRecorder(self._acd_store)
+        self._pool = AgentPool(roster, settings=acd_settings, recorder=self._acd_recorder)
         _warn_unstaffed_skills(flow, roster)
 
         self._store = await TicketStore.open(self.config.database, self.config.node_id, self.config.region_code)
@@ -154,6 +161,10 @@ class CountyNode:
             await self._server.stop(grace_s=5)
         if self._ami is not None:
             await self._ami.stop()
+        if self._acd_recorder is not None:
+            await self._acd_recorder.flush()
+        if self._acd_store is not None:
+            await self._acd_store.close()
         if self._publisher is not None:
             await self._publisher.stop()
         if self._store is not None:

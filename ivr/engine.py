@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from acd.pool import AgentPool
+from acd.pool import AgentPool, ReleaseOutcome
 from ivr.call import Call
 from ivr.entry import digit_prompts, normalize_id_number, valid_id_number, valid_phone
 from ivr.flow import (
@@ -37,7 +37,16 @@ from ivr.flow import (
     SurveyNode,
     TransferNode,
 )
-from ivr.ports import CallEnded, CallPort, CallPortError, DigitInput, DigitOutcome, WorkCalendar
+from ivr.ports import (
+    CallEnded,
+    CallPort,
+    CallPortError,
+    DialResult,
+    DialStatus,
+    DigitInput,
+    DigitOutcome,
+    WorkCalendar,
+)
 from tickets.call_record import CallOutcome
 
 log = structlog.get_logger(__name__)
@@ -124,6 +133,14 @@ class CallSession:
     @property
     def last_node(self) -> str | None:
         return self.path[-1] if self.path else None
+
+
+def _release_outcome(result: DialResult) -> ReleaseOutcome:
+    if result.answered:
+        return ReleaseOutcome.ANSWERED
+    if result.status is DialStatus.NO_ANSWER:
+        return ReleaseOutcome.NO_ANSWER
+    return ReleaseOutcome.ABANDONED
 
 
 class CallHooks(Protocol):
@@ -613,10 +630,14 @@ class FlowRunner:
                     await self._play(flow, node.wait_prompt, session, port)
                 continue
 
+            # A caller who hangs up while the agent rings leaves the outcome at ABANDONED, so
+            # the pool does not pause the agent for a ring-no-answer.
+            release_outcome = ReleaseOutcome.ABANDONED
             try:
                 result = await port.connect_agent(reservation.endpoint, ring_timeout_s=node.ring_timeout_s)
+                release_outcome = _release_outcome(result)
             finally:
-                await self._pool.release(reservation, reason="dial_returned")
+                await self._pool.release(reservation, reason="dial_returned", outcome=release_outcome)
 
             if result.answered:
                 session.agent_id = reservation.agent_id

@@ -12,6 +12,7 @@ import click
 import structlog
 
 from acd.roster import RosterError
+from acd.settings import AcdSettingsError
 from hotline.config import TIER_LABELS, ConfigError, load_node_config
 from hotline.logging import configure_logging
 from hotline.nodes import CountyNode, NodeStartError, ParentNode
@@ -70,7 +71,7 @@ def run(config_path: Path, ready_file: Path | None, log_level: str, json_logs: b
     try:
         asyncio.run(_run_node(config_path, ready_file))
     except (ConfigError, RosterError, CatalogError, AmiAuthenticationError, FlowRegistryError,
-            CalendarConfigError, NodeStartError) as exc:
+            CalendarConfigError, NodeStartError, AcdSettingsError) as exc:
         click.echo(f"启动失败：{exc}", err=True)
         sys.exit(2)
     except FlowError as exc:
