@@ -11,6 +11,7 @@ from hotline.commands.demo import demo
 from hotline.commands.flows import flows
 from hotline.commands.profiles import profiles
 from hotline.commands.prompts import prompts
+from hotline.commands.replay import replay
 from hotline.commands.run import run
 from hotline.commands.sla import sla
 from hotline.commands.tickets import tickets
@@ -32,3 +33,4 @@ main.add_command(tickets)
 main.add_command(sla)
 main.add_command(profiles)
 main.add_command(acd)
+main.add_command(replay)

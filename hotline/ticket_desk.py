@@ -17,7 +17,7 @@ from hotline.privacy import mask_phone
 from ivr.engine import CallSession
 from storage.errors import StorageError
 from storage.ticket_store import TicketStore
-from tickets.call_record import CallRecord
+from tickets.call_record import CallInputs, CallOutcome, CallRecord, RecordedKey
 from tickets.model import TicketCategory
 
 log = structlog.get_logger(__name__)
@@ -159,8 +159,11 @@ class TicketDesk:
 
 
 def record_from_session(session: CallSession) -> CallRecord:
-    """Build the stored call record from a finished session."""
+    """Build the stored call record from a finished session, with the caller's keys for replay."""
     caller = session.call.caller
+    ended_ms = None
+    if session.ended_at is not None:
+        ended_ms = max(0, int((session.ended_at - session.call.started_at).total_seconds() * 1000))
     return CallRecord(
         call_id=session.call.call_id,
         caller_raw=caller.raw,
@@ -178,4 +181,10 @@ def record_from_session(session: CallSession) -> CallRecord:
         agent_id=session.agent_id,
         outcome=session.outcome,
         ticket_id=session.ticket_id,
+        inputs=CallInputs(
+            flow_version=session.flow_version,
+            keys=tuple(RecordedKey(k.node, k.digits, k.outcome, k.at_ms) for k in session.keys),
+            hung_up=session.outcome in (CallOutcome.ABANDONED_IN_MENU, CallOutcome.ABANDONED_IN_QUEUE),
+            ended_ms=ended_ms,
+        ),
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from tickets.call_record import CallOutcome, CallRecord
+from tickets.call_record import CallInputs, CallOutcome, CallRecord
 from tickets.model import Ticket, TicketCategory, TicketEvent, TicketState, Tier
 
 
@@ -172,6 +172,7 @@ def call_from_row(row: sqlite3.Row) -> CallRecord:
         agent_id=row["agent_id"],
         outcome=CallOutcome(row["outcome"]) if row["outcome"] else None,
         ticket_id=row["ticket_id"],
+        inputs=CallInputs.from_json(json.loads(row["inputs"])) if row["inputs"] else None,
     )
 
 
@@ -193,6 +194,7 @@ def row_from_call(record: CallRecord, recorded_at: datetime) -> dict[str, Any]:
         "agent_id": record.agent_id,
         "outcome": record.outcome.value if record.outcome else None,
         "ticket_id": record.ticket_id,
+        "inputs": json.dumps(record.inputs.to_json(), ensure_ascii=False) if record.inputs else None,
         "recorded_at": text_from_time(recorded_at),
     }
 

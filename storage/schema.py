@@ -126,6 +126,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    # Version 3: the caller's inputs (keys with timing, flow version) on each call, as JSON,
+    # so a call can be replayed against another flow. Older rows keep NULL.
+    (
+        "ALTER TABLE calls ADD COLUMN inputs TEXT",
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

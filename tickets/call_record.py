@@ -21,12 +21,66 @@ class CallOutcome(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedKey:
+    """One answer the caller gave to an input prompt: the node, the keys and when.
+
+    ``outcome`` is the runner's verdict: ``accepted``, ``handler`` (a flow-wide key such as
+    0 or 9), ``invalid`` or ``no_input``. ``at_ms`` counts from the call's answer. Digits
+    typed into a collect node are kept only as their count (``<18 digits>``).
+    """
+
+    node: str
+    digits: str
+    outcome: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallInputs:
+    """What the caller did on a call, kept so the call can be replayed against another flow.
+
+    ``hung_up`` is True when the caller ended the call (rather than the flow), and
+    ``ended_ms`` is when the call ended, counted from its answer.
+    """
+
+    flow_version: str
+    keys: tuple[RecordedKey, ...] = ()
+    hung_up: bool = False
+    ended_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "flow_version": self.flow_version,
+            "keys": [{"node": k.node, "digits": k.digits, "outcome": k.outcome, "at_ms": k.at_ms} for k in self.keys],
+            "hung_up": self.hung_up,
+            "ended_ms": self.ended_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> CallInputs:
+        keys = data.get("keys") or []
+        assert isinstance(keys, list)
+        ended_ms = data.get("ended_ms")
+        return cls(
+            flow_version=str(data.get("flow_version") or ""),
+            keys=tuple(RecordedKey(str(k["node"]), str(k["digits"]), str(k["outcome"]), int(k["at_ms"])) for k in keys),
+            hung_up=bool(data.get("hung_up")),
+            ended_ms=int(ended_ms) if isinstance(ended_ms, (int, float)) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """One call as stored locally at the node that took it.
 
     ``caller_raw`` is the number exactly as the network gave it. It stays on this node,
     is never sent upward, and is left out of ``repr`` so that logging a record cannot
     leak it. ``path`` lists the flow nodes the caller passed through, in order.
+    ``inputs`` holds the caller's keys with their timing; records written before the
+    inputs were kept have None.
     """
 
     call_id: str
@@ -45,6 +99,7 @@ class CallRecord:
     agent_id: str | None = None
     outcome: CallOutcome | None = None
     ticket_id: str | None = None
+    inputs: CallInputs | None = None
 
     def __post_init__(self) -> None:
         if not self.call_id:
