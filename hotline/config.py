@@ -51,13 +51,13 @@ class AmiLogin(_Strict):
 
 
 class Telephony(_Strict):
-    """What a call-taking node needs: FastAGI listener, AMI login, flow, prompts and roster."""
+    """Settings of a call-taking node: FastAGI listener, AMI login, flow, prompts and roster."""
 
     fastagi: FastAgiListen
     ami: AmiLogin
     flow: Path
     prompt_catalog: Path
-    # Folder of prompt audio as Asterisk sees it (inside its root), without a trailing slash.
+    # Folder of prompt audio as a path inside the Asterisk root, without a trailing slash.
     prompt_sound_dir: str
     roster: Path
     # Admin's working-day overrides on top of the State Council holiday data.

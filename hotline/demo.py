@@ -81,7 +81,7 @@ class ScriptedCall:
 
 
 def standard_calls() -> list[ScriptedCall]:
-    """The demo's calls: three menu choices, an invalid key, a human, a hang-up in the menu."""
+    """Return the demo's calls: three menu choices, an invalid key, a human, a hang-up in the menu."""
     welcome = prompt_seconds("welcome")
     first_key_ms = int((welcome + 1.5) * 1000)
     retry_ms = int((prompt_seconds("invalid_key") + 1.5) * 1000)

@@ -46,7 +46,7 @@ AMI_RECONNECT_MAX_DELAY_S = 2.0
 
 
 class NodeStartError(Exception):
-    """A node could not start; the message is Chinese and says what to check."""
+    """A node could not start; the Chinese message names what to check."""
 
 
 def _warn_unstaffed_skills(flow: Flow, roster: list[AgentProfile]) -> None:

@@ -70,8 +70,8 @@ def test_county_recovers_from_asterisk_crash(tmp_path):
     assert reconnect_s <= AMI_BACK_WITHIN_S, f"AMI came back after {reconnect_s:.1f} s"
     assert sorted(states_after_restart) == [("agent1", "unavailable"), ("agent2", "unavailable")]
 
-    # Both calls share a caller number, so the report matches each to the latest record;
-    # what matters is that the call after the restart reached an agent and a ticket.
+    # Both calls share a caller number, so the report matches each to the latest record.
+    # That record is the call after the restart, which must reach an agent and a ticket.
     latest = reports[1].record
     assert latest is not None
     assert latest.outcome is CallOutcome.ANSWERED
