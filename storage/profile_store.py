@@ -44,8 +44,10 @@ from profiles.keys import ProfileKeys
 from profiles.model import Profile, ProfileSummary, summarise
 from profiles.phone import PhoneNumber
 from regions.divisions import DivisionTable, default_division_table
-from storage.errors import SchemaTooNew, StorageBusy, StorageError
+from storage.errors import StorageBusy, StorageError
 from storage.profile_schema import PROFILE_LATEST_VERSION, PROFILE_MIGRATIONS
+from storage.sqlite import connect as sqlite_connect
+from storage.sqlite import migrate as sqlite_migrate
 
 log = structlog.get_logger(__name__)
 
@@ -161,62 +163,11 @@ class ProfileStore:
 
     @staticmethod
     async def _connect(path: Path, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
-        if not path.parent.is_dir():
-            raise StorageError(f"cannot open database {path}: folder {path.parent} does not exist")
-        try:
-            connection = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {path}: {exc}") from exc
-
-        try:
-            connection.row_factory = sqlite3.Row
-            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if read_only:
-                await connection.execute("PRAGMA query_only = ON")
-            else:
-                async with connection.execute("PRAGMA journal_mode = WAL") as cursor:
-                    (mode,) = await cursor.fetchone()
-                if mode.lower() != "wal":
-                    raise StorageError(f"database {path} could not switch to WAL mode (journal_mode is {mode})")
-            await connection.execute("PRAGMA synchronous = FULL")
-            await connection.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            await connection.close()
-            raise StorageError(f"cannot configure database {path}: {exc}") from exc
-        except BaseException:
-            await connection.close()
-            raise
-        return connection
+        return await sqlite_connect(path, busy_timeout_ms, read_only=read_only)
 
     @staticmethod
     async def _migrate(writer: aiosqlite.Connection, path: Path) -> None:
-        for target_version, statements in enumerate(PROFILE_MIGRATIONS, start=1):
-            try:
-                await writer.execute("BEGIN IMMEDIATE")
-                try:
-                    # Read inside the transaction: another process may have migrated meanwhile.
-                    async with writer.execute("PRAGMA user_version") as cursor:
-                        (current,) = await cursor.fetchone()
-                    if current > PROFILE_LATEST_VERSION:
-                        raise SchemaTooNew(
-                            f"profile database {path} has schema version {current}, newer than the "
-                            f"{PROFILE_LATEST_VERSION} this software supports; upgrade the software"
-                        )
-                    if current >= target_version:
-                        await writer.execute("ROLLBACK")
-                        continue
-
-                    for statement in statements:
-                        await writer.execute(statement)
-                    await writer.execute(f"PRAGMA user_version = {target_version}")
-                    await writer.execute("COMMIT")
-                    log.info("profile database migrated", path=str(path), schema_version=target_version)
-                except BaseException:
-                    if writer.in_transaction:
-                        await writer.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"migration of {path} to schema version {target_version} failed: {exc}") from exc
+        await sqlite_migrate(writer, path, PROFILE_MIGRATIONS, label="profile database")
 
     # ------------------------------------------------------------------ helpers
 

@@ -41,7 +41,6 @@ from storage.errors import (
     AttachmentError,
     AttachmentNotFound,
     CallNotFound,
-    SchemaTooNew,
     StorageBusy,
     StorageError,
     TicketConflict,
@@ -65,6 +64,8 @@ from storage.rows import (
     ticket_from_row,
 )
 from storage.schema import LATEST_VERSION, MIGRATIONS
+from storage.sqlite import connect as sqlite_connect
+from storage.sqlite import migrate as sqlite_migrate
 from tickets.call_record import CallRecord
 from tickets.envelope import EventEnvelope, build_envelope, encode_envelope
 from tickets.lifecycle import (
@@ -206,65 +207,11 @@ class TicketStore:
 
     @staticmethod
     async def _connect(path: Path, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
-        # A missing folder is the usual cause of a failed connect, so it is reported before aiosqlite runs.
-        # NOTE: when aiosqlite 0.22 fails to connect it stops its worker thread without awaiting it, and
-        # the thread raises "Event loop is closed" if the loop ends first.
-        if not path.parent.is_dir():
-            raise StorageError(f"cannot open database {path}: folder {path.parent} does not exist")
-        try:
-            connection = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open database {path}: {exc}") from exc
-
-        try:
-            connection.row_factory = sqlite3.Row
-            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if read_only:
-                await connection.execute("PRAGMA query_only = ON")
-            else:
-                async with connection.execute("PRAGMA journal_mode = WAL") as cursor:
-                    (mode,) = await cursor.fetchone()
-                if mode.lower() != "wal":
-                    raise StorageError(f"database {path} refused WAL mode (journal_mode is {mode})")
-            await connection.execute("PRAGMA synchronous = FULL")
-            await connection.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            await connection.close()
-            raise StorageError(f"cannot configure database {path}: {exc}") from exc
-        except BaseException:
-            await connection.close()
-            raise
-        return connection
+        return await sqlite_connect(path, busy_timeout_ms, read_only=read_only)
 
     @staticmethod
     async def _migrate(writer: aiosqlite.Connection, path: Path) -> None:
-        for target_version, statements in enumerate(MIGRATIONS, start=1):
-            try:
-                await writer.execute("BEGIN IMMEDIATE")
-                try:
-                    # Read inside the transaction: another process may have migrated meanwhile.
-                    async with writer.execute("PRAGMA user_version") as cursor:
-                        (current,) = await cursor.fetchone()
-                    if current > LATEST_VERSION:
-                        raise SchemaTooNew(
-                            f"database {path} has schema version {current}, newer than the "
-                            f"{LATEST_VERSION} this software supports; upgrade the software"
-                        )
-                    if current >= target_version:
-                        await writer.execute("ROLLBACK")
-                        continue
-
-                    for statement in statements:
-                        await writer.execute(statement)
-                    await writer.execute(f"PRAGMA user_version = {target_version}")
-                    await writer.execute("COMMIT")
-                    log.info("database migrated", path=str(path), schema_version=target_version)
-                except BaseException:
-                    if writer.in_transaction:
-                        await writer.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"migration of {path} to schema version {target_version} failed: {exc}") from exc
+        await sqlite_migrate(writer, path, MIGRATIONS, label="database")
 
     # ------------------------------------------------------------------ transaction helpers
 
