@@ -39,7 +39,7 @@ _FORMAT_NAMES = {
     0xFFFE: "WAVE_FORMAT_EXTENSIBLE 扩展头",
 }
 
-FIX_REBUILD = "运行 hotline prompts build --force 重新生成"
+FIX_REBUILD = "运行 hotline prompts build 重新生成（缺失、被改动或格式不对的提示音都会重新合成）"
 FIX_FFMPEG = (
     "外来录音请用 ffmpeg -i 原文件 -ac 1 -ar 8000 -c:a pcm_s16le -map_metadata -1 "
     "-fflags +bitexact -flags:a +bitexact 新文件.wav 转换"
