@@ -269,7 +269,9 @@ class TestDuplicateClientId:
 
             await receiver.start()
             try:
-                await publisher.wait_drained(timeout=20)
+                # NOTE: in one full-suite run of 1374 tests the row was still pending after 20 s;
+                # the cause is not known yet, so the limit leaves room for several reconnects.
+                await publisher.wait_drained(timeout=60)
             finally:
                 await publisher.stop()
                 await receiver.stop()
