@@ -190,3 +190,14 @@ class TestApplyRemoteEvent:
         with pytest.raises(TicketConflict):
             await store.apply_remote_event(decode_envelope(row.envelope))
         assert len(await store.list_events(ticket.ticket_id)) == 1
+
+
+class TestCancelledWrite:
+    async def test_open_transaction_left_by_cancel_is_rolled_back(self, store: TicketStore) -> None:
+        """A transaction a cancelled caller left open must not wedge every later write."""
+        await store._writer.execute("BEGIN IMMEDIATE")
+
+        ticket = await store.open_ticket("1700000000.77", TicketCategory.DIBAO, "无号码", AT, "ivr", {})
+
+        assert (await store.get_ticket(ticket.ticket_id)).ticket_id == ticket.ticket_id
+        assert not store._writer.in_transaction
