@@ -269,9 +269,7 @@ class TestDuplicateClientId:
 
             await receiver.start()
             try:
-                # NOTE: in one full-suite run of 1374 tests the row was still pending after 20 s;
-                # the cause is not known yet, so the limit leaves room for several reconnects.
-                await publisher.wait_drained(timeout=60)
+                await publisher.wait_drained(timeout=20)
             finally:
                 await publisher.stop()
                 await receiver.stop()
