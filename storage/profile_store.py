@@ -46,6 +46,7 @@ from profiles.phone import PhoneNumber
 from regions.divisions import DivisionTable, default_division_table
 from storage.errors import StorageBusy, StorageError
 from storage.profile_schema import PROFILE_LATEST_VERSION, PROFILE_MIGRATIONS
+from storage.sqlite import begin_immediate, rollback_shielded
 from storage.sqlite import connect as sqlite_connect
 from storage.sqlite import migrate as sqlite_migrate
 
@@ -175,12 +176,11 @@ class ProfileStore:
     async def _write_transaction(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
         """Run one write transaction under ``BEGIN IMMEDIATE``; commit on success, roll back on error."""
         async with self._write_lock, self._translate_errors(operation):
-            await self._writer.execute("BEGIN IMMEDIATE")
+            await begin_immediate(self._writer, operation)
             try:
                 yield self._writer
             except BaseException:
-                if self._writer.in_transaction:
-                    await self._writer.execute("ROLLBACK")
+                await rollback_shielded(self._writer)
                 raise
             await self._writer.execute("COMMIT")
 

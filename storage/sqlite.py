@@ -8,6 +8,7 @@ WAL. Migrations are numbered lists of statements applied under ``BEGIN IMMEDIATE
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,3 +89,29 @@ async def migrate(writer: aiosqlite.Connection, path: Path, migrations: Sequence
                 raise
         except sqlite3.Error as exc:
             raise StorageError(f"migration of {path} to schema version {target_version} failed: {exc}") from exc
+
+
+async def begin_immediate(writer: aiosqlite.Connection, operation: str) -> None:
+    """Start a write transaction, first rolling back one a cancelled caller left open.
+
+    A task cancelled while its BEGIN or COMMIT waited in aiosqlite's queue never runs its
+    rollback, and every later BEGIN would fail with "cannot start a transaction within a
+    transaction", wedging the store until restart.
+    """
+    if writer.in_transaction:
+        log.warning("rolling back a transaction left open by a cancelled write", operation=operation)
+        await writer.execute("ROLLBACK")
+    try:
+        await writer.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "within a transaction" not in str(exc):
+            raise
+        log.warning("rolling back a transaction left open by a cancelled write", operation=operation)
+        await writer.execute("ROLLBACK")
+        await writer.execute("BEGIN IMMEDIATE")
+
+
+async def rollback_shielded(writer: aiosqlite.Connection) -> None:
+    """Roll back the open transaction even when the calling task is being cancelled."""
+    if writer.in_transaction:
+        await asyncio.shield(writer.execute("ROLLBACK"))

@@ -64,6 +64,7 @@ from storage.rows import (
     ticket_from_row,
 )
 from storage.schema import LATEST_VERSION, MIGRATIONS
+from storage.sqlite import begin_immediate, rollback_shielded
 from storage.sqlite import connect as sqlite_connect
 from storage.sqlite import migrate as sqlite_migrate
 from tickets.call_record import CallRecord
@@ -219,34 +220,13 @@ class TicketStore:
     async def _write_transaction(self, operation: str, **ids: Any) -> AsyncIterator[aiosqlite.Connection]:
         """Run one write transaction under ``BEGIN IMMEDIATE``; commit on success, roll back on error."""
         async with self._write_lock, self._translate_errors(operation, **ids):
-            await self._begin_immediate(operation)
+            await begin_immediate(self._writer, operation)
             try:
                 yield self._writer
             except BaseException:
-                # Shielded, so a cancelled caller cannot leave the connection inside BEGIN.
-                if self._writer.in_transaction:
-                    await asyncio.shield(self._writer.execute("ROLLBACK"))
+                await rollback_shielded(self._writer)
                 raise
             await self._writer.execute("COMMIT")
-
-    async def _begin_immediate(self, operation: str) -> None:
-        """Start a write transaction, first rolling back one a cancelled caller left open.
-
-        A task cancelled while its BEGIN or COMMIT waited in aiosqlite's queue never runs its
-        rollback, and every later BEGIN would fail with "cannot start a transaction within a
-        transaction", wedging the store until restart.
-        """
-        if self._writer.in_transaction:
-            log.warning("rolling back a transaction left open by a cancelled write", operation=operation)
-            await self._writer.execute("ROLLBACK")
-        try:
-            await self._writer.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "within a transaction" not in str(exc):
-                raise
-            log.warning("rolling back a transaction left open by a cancelled write", operation=operation)
-            await self._writer.execute("ROLLBACK")
-            await self._writer.execute("BEGIN IMMEDIATE")
 
     @contextlib.asynccontextmanager
     async def _translate_errors(self, operation: str, **ids: Any) -> AsyncIterator[None]:
