@@ -405,7 +405,7 @@ def check_reply(reply: AgiReply, command: str, *, minus_one_is_failure: bool = T
     if reply.code == 510:
         raise AgiInvalidCommand(f"Asterisk does not know the AGI command {command} (510)", command=command, reply=reply)
     if reply.code == 511:
-        raise AgiDeadChannel(f"AGI command {command} refused on a dead channel (511)", command=command, reply=reply)
+        raise AgiDeadChannel(f"AGI command {command} rejected: the channel is dead (511)", command=command, reply=reply)
     if reply.code == 520:
         raise AgiUsageError(
             f"Asterisk rejected the arguments of AGI command {command} (520): {reply.text[:200]}",

@@ -1,6 +1,6 @@
 """Domain: runs one call through a flow, node by node, over a ``CallPort``.
 
-The runner knows nothing of Asterisk or SQLite. It asks the ``AgentPool`` for agents,
+The runner uses no Asterisk or SQLite code. It asks the ``AgentPool`` for agents,
 tells ``CallHooks`` when the caller picks a category or reaches an agent (the
 controller opens tickets there), and returns a ``CallSession`` that records the path,
 the keys, the agent and how the call ended.
@@ -619,7 +619,7 @@ class FlowRunner:
         declined: set[str] = set()
 
         # NOTE: the caller hears silence between announcements because AGI runs one command
-        # at a time; music on hold needs the switch to play it while the controller waits.
+        # at a time. Music on hold needs the switch to play it while the controller waits.
         while (remaining := deadline - self._clock()) > 0:
             reservation = await self._pool.reserve(
                 call_id, skill, timeout_s=min(remaining, node.announce_every_s), exclude=declined,

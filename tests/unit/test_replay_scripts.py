@@ -45,17 +45,23 @@ def test_parses_timed_keys_relative_and_absolute() -> None:
     script = parse_script(GOOD, source="s.yaml")
 
     assert script.keys == (TimedKey("8", 9000), TimedKey("5", 13500))
-    assert script.caller == "13900000003" and script.caller_masked == "139****0003"
-    assert script.hangup_ms == 30000 and script.needs == frozenset({"需语速放缓"})
-    assert script.expect.outcome is CallOutcome.ANSWERED and script.expect.ticket is True
-    assert script.expect.path_prefix == ("welcome", "main_menu") and script.expect.path is None
+    assert script.caller == "13900000003"
+    assert script.caller_masked == "139****0003"
+    assert script.hangup_ms == 30000
+    assert script.needs == frozenset({"需语速放缓"})
+    assert script.expect.outcome is CallOutcome.ANSWERED
+    assert script.expect.ticket is True
+    assert script.expect.path_prefix == ("welcome", "main_menu")
+    assert script.expect.path is None
 
 
 def test_anonymous_caller_and_null_category() -> None:
     script = parse_script("name: x\ncaller: null\nexpect: {category: null, outcome: completed}\n", source="s.yaml")
 
-    assert script.caller is None and script.caller_masked == "无号码"
-    assert "category" in script.expect.checks and script.expect.category is None
+    assert script.caller is None
+    assert script.caller_masked == "无号码"
+    assert "category" in script.expect.checks
+    assert script.expect.category is None
     assert "skill" not in script.expect.checks
 
 
