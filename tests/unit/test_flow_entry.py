@@ -5,18 +5,19 @@ import pytest
 from ivr.entry import digit_prompts, normalize_id_number, valid_id_number, valid_phone
 
 
-@pytest.mark.parametrize("value", ["11010519491231002X", "110101199003070011", "110105491231002"])
+# Synthetic numbers with valid GB 11643 check characters; the 15-digit one is the legacy form.
+@pytest.mark.parametrize("value", ["33010619600101105X", "330106198003050027", "330106491231002"])
 def test_valid_id_numbers(value):
     assert valid_id_number(value)
 
 
-@pytest.mark.parametrize("value", ["110105194912310021", "11010519491231002", "1101051949123100XX", "11010549123100X", ""])
+@pytest.mark.parametrize("value", ["330106194912310021", "33010619491231002", "3301061949123100XX", "33010649123100X", ""])
 def test_invalid_id_numbers(value):
     assert not valid_id_number(value)
 
 
 def test_star_is_x():
-    assert normalize_id_number("11010519491231002*") == "11010519491231002X"
+    assert normalize_id_number("33010619600101105*") == "33010619600101105X"
 
 
 @pytest.mark.parametrize(("value", "valid"), [

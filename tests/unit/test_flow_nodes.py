@@ -25,8 +25,8 @@ MONDAY_2030 = datetime(2026, 12, 7, 12, 30, tzinfo=UTC)
 SATURDAY_10 = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)
 
 # A synthetic resident ID number with a valid check character, and one with a wrong one.
-ID_NUMBER = "11010519491231002X"
-ID_NUMBER_BAD = "110105194912310021"
+ID_NUMBER = "33010619600101105X"
+ID_NUMBER_BAD = "330106196001011021"
 
 
 class AllHooks:
@@ -176,9 +176,9 @@ async def test_confirm_need_reads_back_and_retries():
     assert session.priority == 2
     assert session.collected == {"id_number": ID_NUMBER}
     assert port.played.count("readback_intro") == 2
-    assert _digits(port)[:18] == ["digit_1", "digit_1", "digit_0", "digit_1", "digit_0", "digit_5", "digit_1",
-                                  "digit_9", "digit_4", "digit_9", "digit_1", "digit_2", "digit_3", "digit_1",
-                                  "digit_0", "digit_0", "digit_2", "digit_x"]
+    assert _digits(port)[:18] == ["digit_3", "digit_3", "digit_0", "digit_1", "digit_0", "digit_6", "digit_1",
+                                  "digit_9", "digit_6", "digit_0", "digit_0", "digit_1", "digit_0", "digit_1",
+                                  "digit_1", "digit_0", "digit_5", "digit_x"]
     assert [key.outcome for key in session.keys if key.node == "id_number"] == ["accepted", "accepted"]
 
 
