@@ -13,6 +13,7 @@ header bytes itself and names the file, the problem and the fix in Chinese.
 from __future__ import annotations
 
 import array
+import math
 import os
 import shutil
 import struct
@@ -28,6 +29,10 @@ ASTERISK_CHANNELS = 1
 ASTERISK_BITS_PER_SAMPLE = 16
 PLAIN_HEADER_BYTES = 44
 DEFAULT_FFMPEG_TIMEOUT_S = 60.0
+FULL_SCALE = 32768
+# Built prompts are scaled so their loudest sample sits here, so a short word such as
+# 四 is as loud as a sentence; 3 dB below full scale leaves room for the switch's codecs.
+PROMPT_PEAK_DBFS = -3.0
 
 WAVE_FORMAT_PCM = 0x0001
 _FORMAT_NAMES = {
@@ -74,13 +79,24 @@ class WavInfo:
         return self.frames / self.sample_rate
 
 
-def convert_for_asterisk(source: Path | str, target: Path | str, *, timeout_s: float = DEFAULT_FFMPEG_TIMEOUT_S) -> WavInfo:
+def convert_for_asterisk(
+    source: Path | str,
+    target: Path | str,
+    *,
+    timeout_s: float = DEFAULT_FFMPEG_TIMEOUT_S,
+    tempo: float = 1.0,
+    peak_dbfs: float | None = None,
+) -> WavInfo:
     """Convert any audio file ffmpeg reads into an Asterisk prompt at ``target``.
 
-    The result is written to a temporary name, validated, then renamed, so ``target``
-    is either the old file or a complete valid one. Raises ``AudioConversionError`` or
-    ``InvalidPromptAudio``.
+    ``tempo`` below 1 slows the audio down without changing its pitch (ffmpeg's
+    ``atempo``, 0.5 to 2.0). ``peak_dbfs`` scales the samples so the loudest one sits at
+    that level. The result is written to a temporary name, validated, then renamed, so
+    ``target`` is either the old file or a complete valid one. Raises
+    ``AudioConversionError`` or ``InvalidPromptAudio``.
     """
+    if not 0.5 <= tempo <= 2.0:
+        raise ValueError(f"tempo {tempo} outside ffmpeg atempo's range 0.5 to 2.0")
     source = Path(source)
     target = Path(target)
     ffmpeg = shutil.which("ffmpeg")
@@ -97,7 +113,7 @@ def convert_for_asterisk(source: Path | str, target: Path | str, *, timeout_s: f
         "-i", str(source),
         "-map", "0:a:0", "-map_metadata", "-1",
         # 3 dB of headroom so the resampler's overshoot on full-scale speech cannot clip.
-        "-af", f"volume=-3dB,aresample={ASTERISK_SAMPLE_RATE_HZ}",
+        "-af", f"volume=-3dB,{f'atempo={tempo:g},' if tempo != 1.0 else ''}aresample={ASTERISK_SAMPLE_RATE_HZ}",
         "-ac", str(ASTERISK_CHANNELS), "-ar", str(ASTERISK_SAMPLE_RATE_HZ),
         "-c:a", "pcm_s16le",
         "-fflags", "+bitexact", "-flags:a", "+bitexact",
@@ -114,6 +130,8 @@ def convert_for_asterisk(source: Path | str, target: Path | str, *, timeout_s: f
                 f"ffmpeg 转换 {source.name} 失败（退出码 {completed.returncode}：{detail[-1] if detail else '无输出'}）：请检查源文件是否为有效音频。"
             )
 
+        if peak_dbfs is not None:
+            normalize_peak(temp_path, peak_dbfs)
         info = validate_prompt_wav(temp_path, display_name=str(target))
         os.replace(temp_path, target)
     finally:
@@ -127,6 +145,37 @@ def convert_for_asterisk(source: Path | str, target: Path | str, *, timeout_s: f
         frames=info.frames,
         peak=info.peak,
     )
+
+
+def normalize_peak(path: Path | str, peak_dbfs: float) -> None:
+    """Scale the samples of a plain 44-byte-header 16-bit WAV in place so its peak is ``peak_dbfs``.
+
+    A file of another shape, or one whose samples are all zero, is left unchanged for
+    ``validate_prompt_wav`` to reject.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) <= PLAIN_HEADER_BYTES or data[36:40] != b"data" or (len(data) - PLAIN_HEADER_BYTES) % 2:
+        return
+
+    samples = array.array("h")
+    samples.frombytes(data[PLAIN_HEADER_BYTES:])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    peak = max(abs(min(samples)), abs(max(samples)))
+    if peak == 0:
+        return
+
+    gain = FULL_SCALE * 10 ** (peak_dbfs / 20) / peak
+    scaled = array.array("h", (max(-FULL_SCALE, min(FULL_SCALE - 1, round(sample * gain))) for sample in samples))
+    if sys.byteorder == "big":
+        scaled.byteswap()
+    path.write_bytes(data[:PLAIN_HEADER_BYTES] + scaled.tobytes())
+
+
+def peak_dbfs(info: WavInfo) -> float:
+    """Return the peak level of a validated prompt in dB relative to full scale."""
+    return 20 * math.log10(info.peak / FULL_SCALE) if info.peak else -math.inf
 
 
 def validate_prompt_wav(path: Path | str, *, display_name: str | None = None) -> WavInfo:
@@ -213,7 +262,7 @@ def _check_pcm_shape(
         raise reject(f"fmt 块数据不一致（每秒字节数 {byte_rate}，块对齐 {block_align}）", FIX_FFMPEG)
 
 
-def _check_data_chunk(data: bytes, reject: Reject) -> "array.array[int]":
+def _check_data_chunk(data: bytes, reject: Reject) -> array.array[int]:
     if data[36:40] != b"data":
         chunk = _chunk_name(data, 36)
         raise reject(f"fmt 块之后是 {chunk} 块，不是 data 块（文件头不是标准的 44 字节）", FIX_REBUILD + "；" + FIX_FFMPEG)

@@ -1,9 +1,12 @@
 """Speech build layer: render every catalog prompt that is missing or stale into Asterisk WAV files.
 
 ``build_prompts`` normalises each text to pinyin, renders it with the pyttsx3 worker,
-converts it with ffmpeg and validates it. The manifest (``manifest.json`` in the output
+converts it with ffmpeg, scales it to a common peak level and validates it. A human
+recording in the catalog's ``recorded/`` folder replaces the synthesised prompt of the
+same id once it passes the checks in ``speech.recorded``; a catalog rendition such as
+``main_menu@slow`` without its own recording is then the recording slowed down. The manifest (``manifest.json`` in the output
 folder) records for each file a hash of its text, voice, rate, normaliser version and
-audio format, and a hash of the file itself. A changed text or a replaced file is
+audio format (or of the recording it came from), and a hash of the file itself. A changed text or a replaced file is
 therefore rendered again, and everything else is left alone. One build at a time may
 write a folder: a second build waits for the folder's lock, then finds the prompts current.
 """
@@ -27,9 +30,29 @@ from typing import Any
 
 import structlog
 
-from speech.audio import AudioConversionError, InvalidPromptAudio, WavInfo, convert_for_asterisk, validate_prompt_wav
+from speech.audio import (
+    PROMPT_PEAK_DBFS,
+    AudioConversionError,
+    InvalidPromptAudio,
+    WavInfo,
+    convert_for_asterisk,
+    validate_prompt_wav,
+)
 from speech.catalog import PromptCatalog, PromptSpec, load_catalog
-from speech.normalize import NORMALIZER_VERSION, NormalizationError, NormalizedText, normalize
+from speech.normalize import (
+    NORMALIZER_VERSION,
+    NormalizationError,
+    NormalizedText,
+    normalize,
+)
+from speech.recorded import (
+    RECORDED_DIR_NAME,
+    InvalidRecording,
+    Recording,
+    RecordingRejection,
+    find_recordings,
+    render_recording,
+)
 from speech.synth import SynthesisError, Synthesizer, TtsUnavailable, VoiceSettings
 
 log = structlog.get_logger(__name__)
@@ -38,7 +61,7 @@ MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".build.lock"
 MANIFEST_VERSION = 1
 # Bump when convert_for_asterisk changes the audio it writes, so every prompt is rebuilt.
-AUDIO_FORMAT_VERSION = "8k-mono-s16-44b-1"
+AUDIO_FORMAT_VERSION = "8k-mono-s16-44b-peak3-2"
 DEFAULT_LOCK_TIMEOUT_S = 300.0
 
 # Plausible spoken length per syllable at the catalog rates (80 to 450 words per minute).
@@ -48,6 +71,10 @@ DEFAULT_LOCK_TIMEOUT_S = 300.0
 MIN_SECONDS_PER_SYLLABLE = 0.06
 MAX_SECONDS_PER_SYLLABLE = 1.2
 MAX_PAUSE_SECONDS = 3.0
+
+
+SOURCE_SYNTHESIZED = "synthesized"
+SOURCE_RECORDED = "recorded"
 
 
 class PromptStatus(Enum):
@@ -65,6 +92,7 @@ class PromptOutcome:
     path: Path
     duration_s: float | None = None
     message: str | None = None
+    source: str = SOURCE_SYNTHESIZED
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +104,7 @@ class BuildReport:
     outcomes: tuple[PromptOutcome, ...]
     removed: tuple[str, ...] = ()
     elapsed_s: float = 0.0
+    rejected_recordings: tuple[RecordingRejection, ...] = ()
 
     def _with(self, status: PromptStatus) -> tuple[PromptOutcome, ...]:
         return tuple(outcome for outcome in self.outcomes if outcome.status is status)
@@ -93,15 +122,21 @@ class BuildReport:
         return self._with(PromptStatus.FAILED)
 
     @property
+    def recorded(self) -> tuple[PromptOutcome, ...]:
+        return tuple(outcome for outcome in self.outcomes
+                     if outcome.source == SOURCE_RECORDED and outcome.status is not PromptStatus.FAILED)
+
+    @property
     def ok(self) -> bool:
+        """True when every prompt has playable audio; rejected recordings do not count."""
         return not self.failed
 
     def summary_zh(self) -> str:
         """Return a one-line Chinese summary for operators."""
         return (
             f"提示音生成完成：新生成 {len(self.built)} 条，已是最新 {len(self.up_to_date)} 条，"
-            f"失败 {len(self.failed)} 条，删除多余 {len(self.removed)} 条，用时 {self.elapsed_s:.1f} 秒；"
-            f"输出目录 {self.out_dir}"
+            f"失败 {len(self.failed)} 条，删除多余 {len(self.removed)} 条，采用录音 {len(self.recorded)} 条，"
+            f"退回录音 {len(self.rejected_recordings)} 个，用时 {self.elapsed_s:.1f} 秒；输出目录 {self.out_dir}"
         )
 
 
@@ -131,12 +166,29 @@ class BuildLockTimeout(RuntimeError):
     """Another build held the output folder's lock for longer than the timeout."""
 
 
+def recording_hash(recording: Recording, tempo: float) -> str:
+    """Return the hash of everything that decides how a prompt made from a recording sounds."""
+    material = {"recording_sha256": recording.sha256, "tempo": tempo, "audio_format": AUDIO_FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def default_recorded_dir(catalog_path: Path | str) -> Path:
+    """Return the recordings folder of a catalog: ``recorded/`` next to the catalog file."""
+    return Path(catalog_path).parent / RECORDED_DIR_NAME
+
+
+def synthesis_tempo(prompt: PromptSpec) -> float:
+    """Return the ffmpeg tempo that gives a prompt its speed factor, within atempo's 0.5 to 2.0."""
+    return min(max(prompt.speed, 0.5), 2.0)
+
+
 def prompt_hash(catalog: PromptCatalog, prompt: PromptSpec) -> str:
     """Return the hash of everything that decides how a prompt sounds."""
     material = {
         "text": prompt.text,
         "voice": catalog.voice,
-        "rate_wpm": catalog.rate_for(prompt),
+        "rate_wpm": catalog.rate_wpm,
+        "tempo": synthesis_tempo(prompt),
         "normalizer": NORMALIZER_VERSION,
         "audio_format": AUDIO_FORMAT_VERSION,
     }
@@ -152,10 +204,13 @@ def build_prompts(
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    recorded_dir: Path | str | None = None,
 ) -> BuildReport:
     """Render every prompt of the catalog whose audio is missing, stale or invalid.
 
-    ``force`` renders every prompt. ``on_start`` receives the number of prompts and
+    ``recorded_dir`` (default ``recorded/`` next to the catalog) holds human recordings
+    named by prompt id; each one that passes its checks replaces the synthesised prompt,
+    and the others are listed in ``rejected_recordings``. ``force`` renders every prompt. ``on_start`` receives the number of prompts and
     ``on_progress`` each outcome as it happens. A failed prompt does not stop the others;
     a missing voice or TTS library stops the build and fails the remaining prompts.
     Raises ``CatalogError`` for a malformed catalog and ``BuildLockTimeout`` when another
@@ -165,6 +220,8 @@ def build_prompts(
     catalog = load_catalog(catalog_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    recorded = Path(recorded_dir) if recorded_dir is not None else default_recorded_dir(catalog_path)
+    recordings, rejections = find_recordings(recorded, catalog)
     if on_start is not None:
         on_start(len(catalog.prompts))
 
@@ -174,7 +231,8 @@ def build_prompts(
         with _folder_lock(out_dir, lock_timeout_s):
             _remove_stale_temp_files(out_dir)
             manifest = _read_manifest(out_dir)
-            outcomes = _build_all(catalog, out_dir, manifest, synthesizer, force=force, on_progress=on_progress)
+            outcomes = _build_all(catalog, out_dir, manifest, synthesizer, recordings, rejections,
+                                  force=force, on_progress=on_progress)
             removed = _remove_orphans(catalog, out_dir, manifest)
             _write_manifest(out_dir, manifest)
     finally:
@@ -187,9 +245,11 @@ def build_prompts(
         outcomes=tuple(outcomes),
         removed=tuple(removed),
         elapsed_s=time.monotonic() - started,
+        rejected_recordings=_unique_rejections(rejections),
     )
     log.info("prompt build finished", built=len(report.built), up_to_date=len(report.up_to_date),
-             failed=len(report.failed), removed=len(report.removed), elapsed_ms=round(report.elapsed_s * 1000))
+             failed=len(report.failed), removed=len(report.removed), recorded=len(report.recorded),
+             rejected_recordings=len(report.rejected_recordings), elapsed_ms=round(report.elapsed_s * 1000))
     return report
 
 
@@ -198,16 +258,20 @@ async def build_prompts_async(catalog_path: Path | str, out_dir: Path | str, **o
     return await asyncio.to_thread(build_prompts, catalog_path, out_dir, **options)
 
 
-def check_prompts(catalog_path: Path | str, out_dir: Path | str) -> CheckReport:
+def check_prompts(catalog_path: Path | str, out_dir: Path | str, *, recorded_dir: Path | str | None = None) -> CheckReport:
     """Validate every catalog prompt's file and its manifest entry, without rendering.
 
     Reports missing files, files Asterisk cannot play, files whose text changed since
-    they were built, and files changed by hand.
+    they were built, and files changed by hand. A prompt built from a recording is
+    current while its recording is unchanged; a prompt that has a recording the last
+    build rejected is current when it matches its text.
     """
     catalog = load_catalog(catalog_path)
     out_dir = Path(out_dir)
     manifest = _read_manifest(out_dir)
     problems: list[CheckProblem] = []
+    recorded = Path(recorded_dir) if recorded_dir is not None else default_recorded_dir(catalog_path)
+    recordings, _ = find_recordings(recorded, catalog)
 
     for prompt in catalog.prompts:
         path = out_dir / f"{prompt.prompt_id}.wav"
@@ -220,7 +284,7 @@ def check_prompts(catalog_path: Path | str, out_dir: Path | str) -> CheckReport:
 
         if entry is None:
             problems.append(CheckProblem(prompt.prompt_id, f"{path} 不在清单 {MANIFEST_NAME} 中，无法确认它与文本一致：请运行 hotline prompts build。"))
-        elif entry.get("hash") != prompt_hash(catalog, prompt):
+        elif entry.get("hash") not in _accepted_hashes(catalog, prompt, recordings):
             problems.append(CheckProblem(prompt.prompt_id, f"提示音 {prompt.prompt_id} 的文本、语音或语速已修改，{path} 已过期：请运行 hotline prompts build。"))
         elif entry.get("file_sha256") != _file_sha256(path):
             problems.append(CheckProblem(prompt.prompt_id, f"{path} 在生成后被替换或修改：请运行 hotline prompts build 重新生成。"))
@@ -237,34 +301,33 @@ def _build_all(
     out_dir: Path,
     manifest: dict[str, Any],
     synthesizer: Synthesizer,
+    recordings: dict[str, Recording],
+    rejections: list[RecordingRejection],
     *,
     force: bool,
     on_progress: ProgressCallback | None,
 ) -> list[PromptOutcome]:
     outcomes: list[PromptOutcome] = []
     fatal: str | None = None
+    rejected_ids: set[str] = set()
 
     for prompt in catalog.prompts:
         path = out_dir / f"{prompt.prompt_id}.wav"
-        expected_hash = prompt_hash(catalog, prompt)
+        outcome: PromptOutcome | None = None
 
-        if fatal is not None:
-            outcome = PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=fatal)
-        elif not force and _is_current(path, manifest["prompts"].get(prompt.prompt_id), expected_hash):
-            duration = manifest["prompts"][prompt.prompt_id].get("duration_s")
-            outcome = PromptOutcome(prompt.prompt_id, PromptStatus.UP_TO_DATE, path, duration_s=duration)
-        else:
-            try:
-                normalized, info = _render_prompt(catalog, prompt, path, synthesizer)
-            except TtsUnavailable as error:
-                fatal = f"提示音 {prompt.prompt_id} 未生成：{error}"
-                outcome = PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=fatal)
-            except (NormalizationError, SynthesisError, AudioConversionError, InvalidPromptAudio) as error:
-                outcome = PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=f"提示音 {prompt.prompt_id} 未生成：{error}")
+        # A recording wins over synthesis; a rejected one falls through to synthesis.
+        source = _recording_for(catalog, prompt, recordings, rejected_ids)
+        if source is not None:
+            result = _build_from_recording(prompt, path, manifest, out_dir, source, force=force)
+            if isinstance(result, RecordingRejection):
+                rejections.append(result)
+                rejected_ids.add(source[0].prompt_id)
             else:
-                manifest["prompts"][prompt.prompt_id] = _manifest_entry(catalog, prompt, expected_hash, normalized, info)
-                _write_manifest(out_dir, manifest)
-                outcome = PromptOutcome(prompt.prompt_id, PromptStatus.BUILT, path, duration_s=info.duration_s)
+                outcome = result
+
+        if outcome is None:
+            outcome, fatal = _build_synthesized(catalog, prompt, path, manifest, out_dir, synthesizer,
+                                                fatal=fatal, force=force)
 
         if outcome.status is PromptStatus.FAILED:
             log.warning("prompt build failed", prompt_id=prompt.prompt_id, error=outcome.message)
@@ -272,6 +335,117 @@ def _build_all(
         if on_progress is not None:
             on_progress(outcome)
     return outcomes
+
+
+def _recording_for(
+    catalog: PromptCatalog, prompt: PromptSpec, recordings: dict[str, Recording], rejected_ids: set[str]
+) -> tuple[Recording, float] | None:
+    """Return the recording a prompt is made from and the tempo to play it at, if any.
+
+    A rendition uses its own recording at normal tempo, or else the base prompt's
+    recording slowed by the rendition's speed factor.
+    """
+    own = recordings.get(prompt.prompt_id)
+    if own is not None and own.prompt_id not in rejected_ids:
+        return own, 1.0
+    if prompt.rendition is None:
+        return None
+    base = recordings.get(prompt.base_id)
+    if base is None or base.prompt_id in rejected_ids:
+        return None
+    return base, max(0.5, min(2.0, catalog.rendition_factor(prompt.rendition)))
+
+
+def _build_from_recording(
+    prompt: PromptSpec,
+    path: Path,
+    manifest: dict[str, Any],
+    out_dir: Path,
+    source: tuple[Recording, float],
+    *,
+    force: bool,
+) -> PromptOutcome | RecordingRejection:
+    recording, tempo = source
+    expected_hash = recording_hash(recording, tempo)
+    entry = manifest["prompts"].get(prompt.prompt_id)
+    if not force and _is_current(path, entry, expected_hash):
+        return PromptOutcome(prompt.prompt_id, PromptStatus.UP_TO_DATE, path,
+                             duration_s=entry.get("duration_s") if entry else None, source=SOURCE_RECORDED)
+
+    try:
+        info = render_recording(recording, path, tempo=tempo)
+    except InvalidRecording as error:
+        log.warning("recording rejected", prompt_id=prompt.prompt_id, recording=recording.path.name)
+        return RecordingRejection(recording.path, str(error))
+
+    manifest["prompts"][prompt.prompt_id] = {
+        "file": info.path.name,
+        "hash": expected_hash,
+        "file_sha256": _file_sha256(info.path),
+        "source": SOURCE_RECORDED,
+        "recording": recording.path.name,
+        "recording_sha256": recording.sha256,
+        "tempo": tempo,
+        "text": prompt.text,
+        "duration_s": round(info.duration_s, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write_manifest(out_dir, manifest)
+    log.info("prompt built from recording", prompt_id=prompt.prompt_id, recording=recording.path.name,
+             duration_ms=round(info.duration_s * 1000))
+    return PromptOutcome(prompt.prompt_id, PromptStatus.BUILT, path, duration_s=info.duration_s, source=SOURCE_RECORDED)
+
+
+def _build_synthesized(
+    catalog: PromptCatalog,
+    prompt: PromptSpec,
+    path: Path,
+    manifest: dict[str, Any],
+    out_dir: Path,
+    synthesizer: Synthesizer,
+    *,
+    fatal: str | None,
+    force: bool,
+) -> tuple[PromptOutcome, str | None]:
+    """Synthesise one prompt unless current; return its outcome and the build-stopping error, if any."""
+    expected_hash = prompt_hash(catalog, prompt)
+    if fatal is not None:
+        return PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=fatal), fatal
+    if not force and _is_current(path, manifest["prompts"].get(prompt.prompt_id), expected_hash):
+        duration = manifest["prompts"][prompt.prompt_id].get("duration_s")
+        return PromptOutcome(prompt.prompt_id, PromptStatus.UP_TO_DATE, path, duration_s=duration), None
+
+    try:
+        normalized, info = _render_prompt(catalog, prompt, path, synthesizer)
+    except TtsUnavailable as error:
+        fatal = f"提示音 {prompt.prompt_id} 未生成：{error}"
+        return PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=fatal), fatal
+    except (NormalizationError, SynthesisError, AudioConversionError, InvalidPromptAudio) as error:
+        message = f"提示音 {prompt.prompt_id} 未生成：{error}"
+        return PromptOutcome(prompt.prompt_id, PromptStatus.FAILED, path, message=message), None
+
+    manifest["prompts"][prompt.prompt_id] = _manifest_entry(catalog, prompt, expected_hash, normalized, info)
+    _write_manifest(out_dir, manifest)
+    return PromptOutcome(prompt.prompt_id, PromptStatus.BUILT, path, duration_s=info.duration_s), None
+
+
+def _accepted_hashes(catalog: PromptCatalog, prompt: PromptSpec, recordings: dict[str, Recording]) -> set[str]:
+    accepted = {prompt_hash(catalog, prompt)}
+    source = _recording_for(catalog, prompt, recordings, set())
+    if source is not None:
+        accepted.add(recording_hash(*source))
+    return accepted
+
+
+def _unique_rejections(rejections: list[RecordingRejection]) -> tuple[RecordingRejection, ...]:
+    # A base recording rejected again while building its renditions is reported once.
+    seen: set[Path] = set()
+    unique: list[RecordingRejection] = []
+    for rejection in rejections:
+        if rejection.path not in seen:
+            seen.add(rejection.path)
+            unique.append(rejection)
+    return tuple(unique)
 
 
 def _render_prompt(
@@ -282,10 +456,13 @@ def _render_prompt(
         raise NormalizationError(f"文本「{prompt.text}」中没有可朗读的内容：请填写汉字文本。")
 
     with tempfile.TemporaryDirectory(prefix=".tmp-raw-", dir=path.parent) as raw_dir:
+        # Every prompt is spoken at the catalog's one rate and slowed by ffmpeg afterwards:
+        # with pyttsx3 2.99 and espeak-ng 1.51 a rate change between utterances often took
+        # effect late, so a slow rendition came out at normal speed.
         raw = synthesizer.synthesize(normalized.pinyin, Path(raw_dir) / f"{prompt.prompt_id}.wav",
-                                     rate_wpm=catalog.rate_for(prompt))
+                                     rate_wpm=catalog.rate_wpm)
         _check_duration(prompt, normalized, raw.duration_s)
-        info = convert_for_asterisk(raw.path, path)
+        info = convert_for_asterisk(raw.path, path, peak_dbfs=PROMPT_PEAK_DBFS, tempo=synthesis_tempo(prompt))
 
     log.info("prompt built", prompt_id=prompt.prompt_id, duration_ms=round(info.duration_s * 1000))
     return normalized, info
@@ -320,10 +497,12 @@ def _manifest_entry(
         "file": info.path.name,
         "hash": expected_hash,
         "file_sha256": _file_sha256(info.path),
+        "source": SOURCE_SYNTHESIZED,
         "text": prompt.text,
         "pinyin": normalized.pinyin,
         "voice": catalog.voice,
-        "rate_wpm": catalog.rate_for(prompt),
+        "rate_wpm": catalog.rate_wpm,
+        "tempo": synthesis_tempo(prompt),
         "normalizer": NORMALIZER_VERSION,
         "duration_s": round(info.duration_s, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

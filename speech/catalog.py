@@ -24,7 +24,11 @@ MIN_RATE_WPM = 80
 MAX_RATE_WPM = 450  # espeak-ng's accepted range is 80 to 450 words per minute
 
 PROMPT_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TOP_LEVEL_KEYS = {"language", "voice", "rate_wpm", "prompts"}
+RENDITION_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+# A rendition's prompt id is the base id, this separator and the rendition name
+# (``main_menu@slow``); the flow runner plays it for callers whose needs ask for it.
+RENDITION_SEPARATOR = "@"
+_TOP_LEVEL_KEYS = {"language", "voice", "rate_wpm", "renditions", "prompts"}
 _PROMPT_KEYS = {"text", "speed", "note"}
 
 
@@ -40,17 +44,34 @@ class PromptSpec:
     text: str
     speed: float = 1.0
     note: str | None = None
+    # Set on a generated rendition (``slow``); its base prompt is ``base_id``.
+    rendition: str | None = None
+
+    @property
+    def base_id(self) -> str:
+        """Return the id of the prompt this one renders: itself, or the base of a rendition."""
+        return self.prompt_id.split(RENDITION_SEPARATOR, 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
 class PromptCatalog:
-    """All prompts of one language, with the voice and base rate they are rendered with."""
+    """All prompts of one language, with the voice and base rate they are rendered with.
+
+    ``prompts`` holds the catalog's own prompts followed by one generated prompt per
+    prompt and rendition (``main_menu@slow``), whose speed is the prompt's speed times
+    the rendition's factor from ``renditions``.
+    """
 
     path: Path
     language: str
     voice: str
     rate_wpm: int
     prompts: tuple[PromptSpec, ...]
+    renditions: tuple[tuple[str, float], ...] = ()
+
+    def rendition_factor(self, rendition: str) -> float:
+        """Return the speed factor of one rendition; raise ``KeyError`` for an unknown one."""
+        return dict(self.renditions)[rendition]
 
     def rate_for(self, prompt: PromptSpec) -> int:
         """Return the espeak-ng rate in words per minute for one prompt."""
@@ -108,7 +129,31 @@ def _catalog_from_document(path: Path, document: dict[str, Any]) -> PromptCatalo
         raise CatalogError(f"{path}：缺少 prompts，或其中没有任何提示音。")
 
     prompts = tuple(_prompt_from_entry(path, entries, prompt_id) for prompt_id in entries)
-    return PromptCatalog(path=path, language=language, voice=voice, rate_wpm=rate_wpm, prompts=prompts)
+    renditions = _renditions_from_document(path, document)
+    generated = tuple(
+        PromptSpec(prompt_id=f"{prompt.prompt_id}{RENDITION_SEPARATOR}{name}", text=prompt.text,
+                   speed=prompt.speed * factor, rendition=name)
+        for name, factor in renditions
+        for prompt in prompts
+    )
+    return PromptCatalog(path=path, language=language, voice=voice, rate_wpm=rate_wpm, prompts=prompts + generated,
+                         renditions=renditions)
+
+
+def _renditions_from_document(path: Path, document: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    entries = document.get("renditions", {})
+    where = f"{path} {_line_of(document, 'renditions')}"
+    if not isinstance(entries, dict):
+        raise CatalogError(f"{where}：renditions 必须是“版本名: 语速系数”的映射，例如 slow: 0.75。")
+
+    renditions: list[tuple[str, float]] = []
+    for name, factor in entries.items():
+        if not isinstance(name, str) or not RENDITION_NAME_RE.match(name):
+            raise CatalogError(f"{where}：版本名 {name!r} 无效；只能由小写字母、数字和下划线组成，且以字母开头。")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not MIN_SPEED <= float(factor) <= MAX_SPEED:
+            raise CatalogError(f"{where}：版本 {name} 的语速系数为 {factor!r}，必须是 {MIN_SPEED} 到 {MAX_SPEED} 之间的数。")
+        renditions.append((name, float(factor)))
+    return tuple(renditions)
 
 
 def _line_of(mapping: Any, key: Any) -> str:
