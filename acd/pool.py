@@ -17,12 +17,23 @@ Routing is one greedy pass run on every change: waiting calls are ordered by a s
 order takes the best eligible free agent. Every assignment, and every call that finds
 no eligible agent on arrival, leaves a ``RoutingDecision`` naming the candidates, the
 excluded agents with their reasons, the scores and the rule that fired.
+
+Routing works on in-memory indexes, so the cost of one decision does not grow with the
+roster or the queue. The indexes are the free agents per skill sorted by proficiency and
+idle time, the waiting calls per skill sorted by score, and heaps for the wrap-up,
+reservation and arrival timers. Time waited adds the same amount to every call's score, so the order of waiting calls only
+changes when a call arrives, leaves or gets a new priority. A pool larger than
+``AcdSettings.explain_all_limit`` agents records shortened decisions: the best
+``explain_list_size`` candidates, up to that many excluded agents and the waiting board's
+head, followed by exclusions with agent id ``*`` that count the agents not listed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
+import heapq
 import itertools
 import time
 from collections import deque
@@ -51,6 +62,12 @@ SLOW_SPEECH_NEED = "需语速放缓"
 ELDERLY_CARE_TRAINING = "elderly_care"
 # A need tag "方言:温州话" requires an agent who lists 温州话 among their languages.
 DIALECT_NEED_PREFIX = "方言:"
+# How long after its last ``reserve`` a call still counts as waiting. A flow calls
+# ``reserve`` again after each wait announcement, so this must exceed the longest one.
+# NOTE: a call whose flow gave up without ``call_ended`` stays listed this long.
+WAITING_GAP_S = 60.0
+# Agent id of the exclusions that count agents a shortened decision does not list.
+UNLISTED_AGENTS = "*"
 
 
 class DeviceState(enum.Enum):
@@ -159,6 +176,9 @@ class AcdSettings:
     preferred_agent_bonus: float = 100.0
     same_tier_bonus: float = 5.0
     event_ring_size: int = 1000
+    # Pools with more agents than this record shortened decisions (see the module docstring).
+    explain_all_limit: int = 200
+    explain_list_size: int = 10
     # How long a call that stopped waiting is remembered, so a flow's next ``reserve`` for
     # it continues the same wait.
     arrival_memory_s: float = 600.0
@@ -168,6 +188,9 @@ class AcdSettings:
             raise ValueError("wrap_up_s and preferred_wait_s must be >= 0 and reservation_ttl_s > 0")
         if self.no_answer_pause_reason is not None and self.no_answer_pause_reason not in PAUSE_REASONS:
             raise ValueError(f"unknown pause reason {self.no_answer_pause_reason!r}")
+        # The rule "tie_longest_idle" compares the best two candidates, so a list keeps two.
+        if self.explain_all_limit < 0 or self.explain_list_size < 2:
+            raise ValueError("explain_all_limit must be >= 0 and explain_list_size >= 2")
 
 
 class AcdRecorder(Protocol):
@@ -192,6 +215,21 @@ class _AgentStatus:
     wrap_until: float | None = None
     idle_since: float = 0.0
     state: AgentState = AgentState.AVAILABLE
+    order: int = 0
+    # Sort key in the per-skill free-agent lists while the agent is free, else None.
+    free_key: tuple[float, str] | None = None
+
+
+class _Descending(str):
+    """A string that sorts in reverse, for max-heaps keyed on agent ids."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
 
 
 @dataclass(slots=True, eq=False)
@@ -206,6 +244,8 @@ class _Waiter:
     arrived_at: float
     sequence: int
     future: asyncio.Future[Reservation]
+    # Sort key in the per-skill queue while the call waits there, else None.
+    queue_key: tuple[float, int] | None = None
 
 
 @dataclass(slots=True)
@@ -215,6 +255,10 @@ class _Arrival:
     arrived_at: float
     last_seen: float = 0.0
     explained: bool = False
+    skill: str | None = None
+    # True from the moment an agent is reserved for the call until its next ``reserve``.
+    reserved: bool = False
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +279,15 @@ class AgentSnapshot:
     call_id: str | None
     skills: frozenset[str] = field(default_factory=frozenset)
     pause_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingCall:
+    """A call that asked for an agent and has none yet, with the seconds it has waited."""
+
+    call_id: str
+    skill: str
+    waited_s: float
 
 
 class AgentPool:
@@ -270,7 +323,28 @@ class AgentPool:
             for agent in agents
         }
         self._by_endpoint = {status.profile.endpoint: status for status in self._agents.values()}
-        self._waiting: list[_Waiter] = []
+        # Roster agents per skill in roster order, and the free ones per skill sorted by
+        # (-proficiency, idle since, agent id): the order ``_rank`` uses between equal scores.
+        self._by_skill: dict[str, list[_AgentStatus]] = {}
+        self._free: dict[str, list[tuple[int, float, str]]] = {}
+        # The same per skill, narrowed to one language, to sign language with video or to
+        # elderly-care training, so a call with such a need scans the agents it concerns first.
+        self._free_narrow: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
+        for order, status in enumerate(self._agents.values()):
+            status.order = order
+            for skill in status.profile.skills:
+                self._by_skill.setdefault(skill, []).append(status)
+                self._free.setdefault(skill, [])
+        # Waiting calls in ``reserve`` by sequence, and those still unassigned per skill,
+        # sorted by (-score without the wait term, sequence).
+        self._waiting: dict[int, _Waiter] = {}
+        self._queues: dict[str, list[tuple[float, int, _Waiter]]] = {}
+        self._waiting_ids: dict[str, int] = {}
+        # Timer heaps with lazy deletion: (due, roster order) and (due, call id).
+        self._wrap_heap: list[tuple[float, int]] = []
+        self._ttl_heap: list[tuple[float, int]] = []
+        self._arrival_heap: list[tuple[float, str]] = []
+        self._statuses = list(self._agents.values())
         self._sequence = itertools.count()
         self._events: deque[AgentEvent] = deque(maxlen=self._settings.event_ring_size)
         self._arrivals: dict[str, _Arrival] = {}
@@ -285,6 +359,44 @@ class AgentPool:
 
     def endpoint_known(self, endpoint: str) -> bool:
         return endpoint in self._by_endpoint
+
+    def agent_for_endpoint(self, endpoint: str) -> AgentProfile | None:
+        """Return the roster agent whose phone is ``endpoint``, or None."""
+        status = self._by_endpoint.get(endpoint)
+        return status.profile if status is not None else None
+
+    def agent_state(self, agent_id: str) -> AgentState | None:
+        """Return the agent's current state, or None for an agent not on the roster."""
+        status = self._agents.get(agent_id)
+        if status is None:
+            return None
+        self._housekeep()
+        return status.state
+
+    def waiting_calls(self) -> list[WaitingCall]:
+        """Return the calls waiting for an agent now, longest wait first.
+
+        A call counts as waiting from its first ``reserve`` until an agent is reserved for
+        it or ``call_ended`` is called. Between two ``reserve`` calls (while the flow plays
+        a wait announcement) it still counts, for up to ``WAITING_GAP_S``.
+        """
+        now = self._clock()
+        in_reserve = {w.call_id for w in self._waiting.values() if not w.future.done()}
+        calls = []
+        for call_id, arrival in self._arrivals.items():
+            if arrival.skill is None or arrival.reserved or arrival.ended:
+                continue
+            if call_id not in in_reserve and now - arrival.last_seen > WAITING_GAP_S:
+                continue
+            calls.append(WaitingCall(call_id, arrival.skill, max(now - arrival.arrived_at, 0.0)))
+        calls.sort(key=lambda call: -call.waited_s)
+        return calls
+
+    def call_ended(self, call_id: str) -> None:
+        """Record that a call is over, so it no longer counts as waiting."""
+        arrival = self._arrivals.get(call_id)
+        if arrival is not None:
+            arrival.ended = True
 
     def events(self) -> list[AgentEvent]:
         """Return the most recent state changes, oldest first."""
@@ -319,6 +431,7 @@ class AgentPool:
         status.state = state
         if state is AgentState.AVAILABLE:
             status.idle_since = self._clock()
+        self._index_agent(status)
         self._events.append(event)
         if self._recorder is not None:
             self._recorder.agent_event(event)
@@ -333,26 +446,112 @@ class AgentPool:
         ]
 
     def _housekeep(self) -> None:
-        """End wrap-ups whose time is up and expire reservations that were never released."""
-        now = self._clock()
-        waiting_ids = {w.call_id for w in self._waiting}
-        for call_id, arrival in list(self._arrivals.items()):
-            if call_id not in waiting_ids and now - arrival.last_seen >= self._settings.arrival_memory_s:
-                del self._arrivals[call_id]
+        """End wrap-ups whose time is up and expire reservations that were never released.
 
-        for status in self._agents.values():
+        Each timer sits in a heap with lazy deletion: an entry whose condition no longer
+        holds is dropped, because the change that invalidated it pushed a newer one.
+        """
+        now = self._clock()
+        memory = self._settings.arrival_memory_s
+        retry_arrivals = []
+        while self._arrival_heap and self._arrival_heap[0][0] <= now:
+            due, call_id = heapq.heappop(self._arrival_heap)
+            arrival = self._arrivals.get(call_id)
+            if arrival is None or call_id in self._waiting_ids or due != arrival.last_seen + memory:
+                continue
+            if now - arrival.last_seen >= memory:
+                del self._arrivals[call_id]
+            else:
+                retry_arrivals.append((due, call_id))
+
+        due_agents: set[int] = set()
+        for heap in (self._wrap_heap, self._ttl_heap):
+            while heap and heap[0][0] <= now:
+                due_agents.add(heapq.heappop(heap)[1])
+
+        ttl = self._settings.reservation_ttl_s
+        for order in sorted(due_agents):
+            status = self._statuses[order]
             if status.wrap_until is not None and now >= status.wrap_until:
                 status.wrap_until = None
                 self._settle(status, "wrap_up_done")
 
             stale = status.call_id is not None and (not status.connected or status.device not in _DEVICE_ON_CALL)
-            if stale and now - status.progress_at >= self._settings.reservation_ttl_s:
+            if stale and now - status.progress_at >= ttl:
                 call_id = status.call_id
                 log.warning("reservation expired without release", agent_id=status.profile.agent_id,
-                            call_id=call_id, ttl_s=self._settings.reservation_ttl_s)
+                            call_id=call_id, ttl_s=ttl)
                 status.call_id = None
                 status.ringing = status.connected = False
                 self._settle(status, "reservation_expired", call_id)
+            elif stale:
+                # Rounding put the due time a hair before the expiry; look again next time.
+                heapq.heappush(self._ttl_heap, (status.progress_at + ttl, order))
+        for entry in retry_arrivals:
+            heapq.heappush(self._arrival_heap, entry)
+
+    def _touch(self, status: _AgentStatus) -> None:
+        """Mark a sign of life of the agent's reservation and watch it for expiry."""
+        status.progress_at = self._clock()
+        heapq.heappush(self._ttl_heap, (status.progress_at + self._settings.reservation_ttl_s, status.order))
+
+    def _index_agent(self, status: _AgentStatus) -> None:
+        """Keep the per-skill free-agent lists in step with the agent's state and device."""
+        free = status.state is AgentState.AVAILABLE and status.device is DeviceState.NOT_IN_USE
+        key = (status.idle_since, status.profile.agent_id) if free else None
+        if key == status.free_key:
+            return
+
+        profile = status.profile
+        levels = dict(profile.proficiency)
+        narrow = [f"lang:{language}" for language in profile.languages]
+        if SIGN_LANGUAGE_SKILL in profile.skills and VIDEO_CAPABILITY in profile.capabilities:
+            narrow.append(SIGN_LANGUAGE_SKILL)
+        if ELDERLY_CARE_TRAINING in profile.training:
+            narrow.append(ELDERLY_CARE_TRAINING)
+        for skill in profile.skills:
+            lists = [self._free[skill], *(self._free_narrow.setdefault((skill, tag), []) for tag in narrow)]
+            level = -levels.get(skill, DEFAULT_PROFICIENCY)
+            for entries in lists:
+                if status.free_key is not None:
+                    del entries[bisect.bisect_left(entries, (level, *status.free_key))]
+                if key is not None:
+                    bisect.insort(entries, (level, *key))
+        status.free_key = key
+
+    def _free_for(self, waiter: _Waiter, base: list[tuple[int, float, str]] | None = None,
+                  ) -> list[tuple[int, float, str]]:
+        """Return the shortest free-agent list that still contains every agent in ``base`` who may fit ``waiter``.
+
+        ``base`` is the skill's whole free list unless given.
+        """
+        lists = [self._free.get(waiter.skill, []) if base is None else base]
+        for need in waiter.needs:
+            if need == SIGN_LANGUAGE_NEED:
+                lists.append(self._free_narrow.get((waiter.skill, SIGN_LANGUAGE_SKILL), []))
+            elif need.startswith(DIALECT_NEED_PREFIX):
+                lists.append(self._free_narrow.get((waiter.skill, f"lang:{need.removeprefix(DIALECT_NEED_PREFIX)}"), []))
+        return min(lists, key=len)
+
+    def _queue_key(self, waiter: _Waiter) -> tuple[float, int]:
+        """Sort key of a waiting call: its score without the wait term (shared by all calls)."""
+        s = self._settings
+        base = waiter.priority * s.priority_weight - waiter.arrived_at * s.wait_slope_per_s
+        base += sum(s.need_boosts.get(need, 0.0) for need in waiter.needs)
+        if waiter.priority >= s.emergency_priority:
+            base += s.emergency_boost
+        return (-base, waiter.sequence)
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        waiter.queue_key = self._queue_key(waiter)
+        bisect.insort(self._queues.setdefault(waiter.skill, []), (*waiter.queue_key, waiter))
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        if waiter.queue_key is None:
+            return
+        queue = self._queues[waiter.skill]
+        del queue[bisect.bisect_left(queue, waiter.queue_key)]
+        waiter.queue_key = None
 
     def _arm_timer(self, delay_s: float) -> None:
         try:
@@ -383,7 +582,7 @@ class AgentPool:
             log.info("agent device state", agent_id=status.profile.agent_id, previous=previous.value, state=state.value)
 
         if status.call_id is not None and previous is not state:
-            status.progress_at = self._clock()
+            self._touch(status)
             if state is DeviceState.RINGING and not status.connected:
                 status.ringing = True
                 self._settle(status, "device_ringing")
@@ -396,38 +595,43 @@ class AgentPool:
                 self._arm_timer(self._settings.reservation_ttl_s)
         elif status.call_id is None and state is DeviceState.NOT_IN_USE and previous is not state:
             status.idle_since = self._clock()
+        self._index_agent(status)
 
         self._housekeep()
         self._dispatch()
 
-    async def set_paused(self, agent_id: str, paused: bool, *, reason: str = "other") -> None:
-        """Pause an agent with a reason code from ``PAUSE_REASONS``, or unpause."""
+    async def set_paused(self, agent_id: str, paused: bool, *, reason: str = "other", source: str = "") -> None:
+        """Pause an agent with a reason code from ``PAUSE_REASONS``, or unpause.
+
+        ``source`` (such as ``/phone``) is appended to the recorded event's reason.
+        """
         if paused and reason not in PAUSE_REASONS:
             known = "、".join(f"{code}（{label}）" for code, label in PAUSE_REASONS.items())
             raise ValueError(f"暂停原因“{reason}”不在原因表中，请改用：{known}")
         status = self._agents[agent_id]
         status.pause_reason = reason if paused else None
-        self._settle(status, f"pause:{reason}" if paused else "unpause")
+        self._settle(status, (f"pause:{reason}" if paused else "unpause") + source)
         self._housekeep()
         self._dispatch()
 
-    async def set_logged_in(self, agent_id: str, logged_in: bool, *, ready: bool = False) -> None:
+    async def set_logged_in(self, agent_id: str, logged_in: bool, *, ready: bool = False, source: str = "") -> None:
         """Log an agent in or out in one step.
 
         Logging in enters the pool paused with reason ``login`` unless ``ready`` is True,
-        so no call is offered between the login and the agent's "ready".
+        so no call is offered between the login and the agent's "ready". ``source`` is
+        appended to the recorded event's reason.
         """
         status = self._agents[agent_id]
         if logged_in and not status.logged_in:
             status.pause_reason = None if ready else "login"
         status.logged_in = logged_in
-        self._settle(status, "login" if logged_in else "logout")
+        self._settle(status, ("login" if logged_in else "logout") + source)
         self._housekeep()
         self._dispatch()
 
     def has_agent_for(self, skill: str) -> bool:
         """Return True when a logged-in agent has the skill, busy or not."""
-        return any(s.logged_in and skill in s.profile.skills for s in self._agents.values())
+        return any(s.logged_in for s in self._by_skill.get(skill, ()))
 
     # --- reserve / release ---------------------------------------------------------------
 
@@ -458,16 +662,20 @@ class AgentPool:
         if arrival is None:
             arrival = self._arrivals[call_id] = _Arrival(now if waiting_since is None else waiting_since)
         arrival.last_seen = now
+        arrival.skill = skill
+        arrival.reserved = False
         waiter = _Waiter(
             call_id, skill, frozenset(exclude), priority, frozenset(needs), tier, preferred_agent,
             arrival.arrived_at if waiting_since is None else waiting_since, next(self._sequence), loop.create_future(),
         )
-        self._waiting.append(waiter)
+        self._waiting[waiter.sequence] = waiter
+        self._waiting_ids[call_id] = self._waiting_ids.get(call_id, 0) + 1
+        self._enqueue(waiter)
         try:
             self._housekeep()
             self._dispatch()
             if not waiter.future.done():
-                if not arrival.explained:
+                if not arrival.explained and self._recorder is not None:
                     arrival.explained = True
                     self._explain_waiting(waiter)
                 if preferred_agent is not None:
@@ -478,10 +686,17 @@ class AgentPool:
             # the agent now rather than at reservation expiry.
             if waiter.future.done() and not waiter.future.cancelled():
                 self._undo(waiter.future.result())
+            arrival.ended = True
             raise
         finally:
-            self._waiting.remove(waiter)
+            del self._waiting[waiter.sequence]
+            self._dequeue(waiter)
+            if self._waiting_ids[call_id] == 1:
+                del self._waiting_ids[call_id]
+            else:
+                self._waiting_ids[call_id] -= 1
             arrival.last_seen = self._clock()
+            heapq.heappush(self._arrival_heap, (arrival.last_seen + self._settings.arrival_memory_s, call_id))
         if waiter.future.done():
             return waiter.future.result()
         waiter.future.cancel()
@@ -498,9 +713,13 @@ class AgentPool:
 
     def set_priority(self, call_id: str, priority: int) -> bool:
         """Change a waiting call's priority; it takes effect at the next routing decision."""
-        for waiter in self._waiting:
+        for waiter in self._waiting.values():
             if waiter.call_id == call_id:
+                queued = waiter.queue_key is not None
+                self._dequeue(waiter)
                 waiter.priority = priority
+                if queued:
+                    self._enqueue(waiter)
                 log.info("waiting call priority changed", call_id=call_id, priority=priority)
                 self._dispatch()
                 return True
@@ -510,7 +729,7 @@ class AgentPool:
         status = self._agents[reservation.agent_id]
         if status.call_id == reservation.call_id:
             status.connected = True
-            status.progress_at = self._clock()
+            self._touch(status)
             self._settle(status, "connected")
 
     async def release(self, reservation: Reservation, *, reason: str, outcome: ReleaseOutcome | None = None) -> None:
@@ -530,6 +749,7 @@ class AgentPool:
         status.ringing = status.connected = False
         if answered and self._settings.wrap_up_s > 0:
             status.wrap_until = self._clock() + self._settings.wrap_up_s
+            heapq.heappush(self._wrap_heap, (status.wrap_until, status.order))
             self._arm_timer(self._settings.wrap_up_s)
         elif no_answer and self._settings.no_answer_pause_reason is not None:
             status.pause_reason = self._settings.no_answer_pause_reason
@@ -621,49 +841,175 @@ class AgentPool:
         candidates.sort(key=lambda c: (-c[1], c[0].idle_since, c[0].profile.agent_id))
         return candidates, exclusions
 
+    def _held(self, waiter: _Waiter, now: float) -> bool:
+        """Return True while the call waits for its preferred agent (see ``_exclusion``)."""
+        held_for = waiter.preferred_agent
+        return (held_for is not None and held_for in self._agents and self._agents[held_for].logged_in
+                and held_for not in waiter.exclude and now - waiter.arrived_at < self._settings.preferred_wait_s)
+
+    def _has_candidate(self, waiter: _Waiter, now: float) -> bool:
+        """Return True when some free agent may take ``waiter`` now."""
+        if self._held(waiter, now):
+            status = self._agents[waiter.preferred_agent or ""]
+            return status.free_key is not None and self._exclusion(status, waiter, now) is None
+        agents = self._agents
+        return any(self._exclusion(agents[agent_id], waiter, now) is None
+                   for _, _, agent_id in self._free_for(waiter))
+
+    def _rank_capped(self, waiter: _Waiter, now: float):
+        """``_rank`` for a large pool: the best candidates and the first exclusions, then counts.
+
+        Free agents are scanned best proficiency first and the scan stops once no agent
+        left can beat the last listed candidate.
+        """
+        s = self._settings
+        size = s.explain_list_size
+        candidates: list[tuple[_AgentStatus, float, tuple[str, ...]]] = []
+        excluded: list[tuple[int, Exclusion]] = []
+        listed: set[str] = set()
+        # Max-heap (negated keys) of the ``size`` best candidate keys (-score, idle since, id) so far.
+        best: list[tuple[float, float, str]] = []
+        held = self._held(waiter, now)
+        tier_bonus = max(s.same_tier_bonus, 0.0) if waiter.tier is not None else 0.0
+        # Each pass scans a list in (-proficiency, idle since) order with the largest bonus any
+        # agent in it can still get. Agents trained for elderly callers come first, so the
+        # full list's pass can leave that bonus out of its bound.
+        passes = [(self._free_for(waiter), tier_bonus)]
+        if SLOW_SPEECH_NEED in waiter.needs and s.elderly_care_bonus > 0:
+            trained = self._free_narrow.get((waiter.skill, ELDERLY_CARE_TRAINING), [])
+            passes.insert(0, (self._free_for(waiter, trained), s.elderly_care_bonus + tier_bonus))
+
+        def consider(status: _AgentStatus) -> None:
+            listed.add(status.profile.agent_id)
+            reason = self._exclusion(status, waiter, now)
+            if reason is not None:
+                if len(excluded) < size:
+                    excluded.append((status.order, Exclusion(status.profile.agent_id, reason)))
+                return
+            score, reasons = self._agent_score(status, waiter)
+            candidates.append((status, score, reasons))
+            key = (score, -status.idle_since, _Descending(status.profile.agent_id))
+            if len(best) < size:
+                heapq.heappush(best, key)
+            elif key > best[0]:
+                heapq.heapreplace(best, key)
+
+        preferred = self._agents.get(waiter.preferred_agent or "")
+        if preferred is not None and preferred.free_key is not None and waiter.skill in preferred.profile.skills:
+            consider(preferred)
+        for free, bonus in passes:
+            position = 0
+            while position < len(free):
+                neg_level, idle_since, agent_id = free[position]
+                if held and len(excluded) >= size:
+                    break
+                if len(best) >= size:
+                    # Within one level the list runs in idle order, so once an agent cannot
+                    # beat the last listed candidate, no later agent of that level can either.
+                    bound = -neg_level * s.proficiency_weight + bonus
+                    if bound < best[0][0]:
+                        break
+                    if (bound, -idle_since, _Descending(agent_id)) < best[0]:
+                        position = bisect.bisect_left(free, (neg_level + 1,))
+                        continue
+                if agent_id not in listed:
+                    consider(self._agents[agent_id])
+                position += 1
+        candidates.sort(key=lambda c: (-c[1], c[0].idle_since, c[0].profile.agent_id))
+        del candidates[size:]
+        listed = {c[0].profile.agent_id for c in candidates} | {e.agent_id for _, e in excluded}
+
+        for status in self._by_skill.get(waiter.skill, ()):
+            if len(excluded) >= size:
+                break
+            if status.free_key is None and status.profile.agent_id not in listed:
+                excluded.append((status.order, Exclusion(status.profile.agent_id,
+                                                         self._exclusion(status, waiter, now) or "")))
+        excluded.sort(key=lambda e: e[0])
+        exclusions = [e for _, e in excluded]
+
+        with_skill = len(self._by_skill.get(waiter.skill, ()))
+        unlisted = with_skill - len(candidates) - len(exclusions)
+        if unlisted > 0:
+            exclusions.append(Exclusion(UNLISTED_AGENTS, (
+                f"另有 {unlisted} 名具备技能 {waiter.skill} 的坐席未逐一列出"
+                f"（坐席超过 {s.explain_all_limit} 名时，只列分数最高的 {size} 名合格坐席和前 {size} 名被排除的坐席）")))
+        if len(self._agents) > with_skill:
+            exclusions.append(Exclusion(UNLISTED_AGENTS,
+                                        f"{len(self._agents) - with_skill} 名坐席不具备技能 {waiter.skill}，未逐一列出"))
+        return candidates, exclusions
+
+    def _board(self, now: float) -> tuple[WaitingCallScore, ...]:
+        """Waiting calls best first; only the head when more than ``explain_all_limit`` wait."""
+        s = self._settings
+        queued = sum(len(queue) for queue in self._queues.values())
+        merged = heapq.merge(*self._queues.values())
+        if queued > s.explain_all_limit:
+            merged = itertools.islice(merged, s.explain_list_size)
+        return tuple(WaitingCallScore(w.call_id, round(self.waiting_score(w, now), 2), w.priority)
+                     for _, _, w in merged)
+
     def _dispatch(self) -> None:
         """Give free agents to waiting calls in score order; record each decision."""
-        now = self._clock()
-        pending = [w for w in self._waiting if not w.future.done()]
-        if not pending:
+        active = [skill for skill, queue in self._queues.items() if queue and self._free.get(skill)]
+        if not active:
             return
 
-        scored = sorted(((self.waiting_score(w, now), w) for w in pending), key=lambda x: (-x[0], x[1].sequence))
-        board = tuple(WaitingCallScore(w.call_id, round(score, 2), w.priority) for score, w in scored)
+        now = self._clock()
+        heads = [queue[0] for queue in self._queues.values() if queue]
+        head = min(heads)[2]
+        full = len(self._agents) <= self._settings.explain_all_limit
+        board: tuple[WaitingCallScore, ...] | None = None
         assigned: set[str] = set()
-        for score, waiter in scored:
-            candidates, exclusions = self._rank(waiter, now, assigned)
-            if not candidates:
+        served: list[_Waiter] = []
+        for _, _, waiter in heapq.merge(*(self._queues[skill] for skill in active)):
+            if not self._free[waiter.skill]:
+                if not any(self._free[skill] for skill in active):
+                    break
+                continue
+            if not self._has_candidate(waiter, now):
                 continue
 
+            # Without a recorder no decision is kept, so the short ranking (same choice) will do.
+            if full and self._recorder is not None:
+                candidates, exclusions = self._rank(waiter, now, assigned)
+            else:
+                candidates, exclusions = self._rank_capped(waiter, now)
             chosen, chosen_score, _ = candidates[0]
             status = chosen
             assigned.add(status.profile.agent_id)
-            rule = self._rule(waiter, candidates, scored)
-            decision = RoutingDecision(
-                call_id=waiter.call_id, decided_at=self._wall_clock(), rule=rule, skill=waiter.skill,
-                needs=tuple(sorted(waiter.needs)), priority=waiter.priority, call_score=round(score, 2),
-                chosen_agent=status.profile.agent_id,
-                candidates=tuple(
-                    CandidateScore(c.profile.agent_id, round(sc, 2), round(now - c.idle_since, 1), reasons)
-                    for c, sc, reasons in candidates
-                ),
-                exclusions=tuple(exclusions), waiting=board,
-            )
-            self._record(decision)
+            rule = self._rule(waiter, candidates, head)
+            if self._recorder is not None:
+                if board is None:
+                    board = self._board(now)
+                self._record(RoutingDecision(
+                    call_id=waiter.call_id, decided_at=self._wall_clock(), rule=rule, skill=waiter.skill,
+                    needs=tuple(sorted(waiter.needs)), priority=waiter.priority,
+                    call_score=round(self.waiting_score(waiter, now), 2), chosen_agent=status.profile.agent_id,
+                    candidates=tuple(
+                        CandidateScore(c.profile.agent_id, round(sc, 2), round(now - c.idle_since, 1), reasons)
+                        for c, sc, reasons in candidates
+                    ),
+                    exclusions=tuple(exclusions), waiting=board,
+                ))
 
             status.call_id = waiter.call_id
             status.ringing = status.connected = False
-            status.progress_at = now
+            self._touch(status)
+            if waiter.call_id in self._arrivals:
+                self._arrivals[waiter.call_id].reserved = True
             self._settle(status, "reserved", waiter.call_id)
             self._arm_timer(self._settings.reservation_ttl_s)
             log.info("agent reserved", call_id=waiter.call_id, agent_id=status.profile.agent_id,
                      skill=waiter.skill, rule=rule)
+            served.append(waiter)
             waiter.future.set_result(
                 Reservation(status.profile.agent_id, status.profile.endpoint, waiter.call_id, waiter.skill)
             )
+        for waiter in served:
+            self._dequeue(waiter)
 
-    def _rule(self, waiter: _Waiter, candidates, scored) -> str:
+    def _rule(self, waiter: _Waiter, candidates, head: _Waiter) -> str:
         chosen, chosen_score, _ = candidates[0]
         if waiter.priority >= self._settings.emergency_priority:
             return "emergency_first"
@@ -671,21 +1017,28 @@ class AgentPool:
             return "preferred_agent"
         if len(candidates) > 1 and candidates[1][1] == chosen_score:
             return "tie_longest_idle"
-        if scored[0][1] is waiter:
+        if head is waiter:
             return "best_agent"
         return "higher_calls_ineligible"
 
     def _explain_waiting(self, waiter: _Waiter) -> None:
         """Record why a call found no agent on arrival."""
         now = self._clock()
-        _, exclusions = self._rank(waiter, now, set())
+        s = self._settings
+        if len(self._agents) <= s.explain_all_limit:
+            _, exclusions = self._rank(waiter, now, set())
+        else:
+            _, exclusions = self._rank_capped(waiter, now)
+        pending = (w for w in self._waiting.values() if not w.future.done())
+        if len(self._waiting) > s.explain_all_limit:
+            pending = itertools.islice(pending, s.explain_list_size)
         self._record(RoutingDecision(
             call_id=waiter.call_id, decided_at=self._wall_clock(), rule="no_eligible_agent", skill=waiter.skill,
             needs=tuple(sorted(waiter.needs)), priority=waiter.priority,
             call_score=round(self.waiting_score(waiter, now), 2), chosen_agent=None, candidates=(),
             exclusions=tuple(exclusions),
             waiting=tuple(WaitingCallScore(w.call_id, round(self.waiting_score(w, now), 2), w.priority)
-                          for w in self._waiting if not w.future.done()),
+                          for w in pending),
         ))
 
     def _record(self, decision: RoutingDecision) -> None:

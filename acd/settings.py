@@ -42,6 +42,8 @@ class _SettingsFile(BaseModel):
     elderly_care_bonus: Annotated[float, Field(ge=0)] = _DEFAULTS.elderly_care_bonus
     preferred_agent_bonus: Annotated[float, Field(ge=0)] = _DEFAULTS.preferred_agent_bonus
     same_tier_bonus: Annotated[float, Field(ge=0)] = _DEFAULTS.same_tier_bonus
+    explain_all_limit: Annotated[int, Field(ge=0)] = _DEFAULTS.explain_all_limit
+    explain_list_size: Annotated[int, Field(ge=2)] = _DEFAULTS.explain_list_size
 
     @field_validator("no_answer_pause_reason")
     @classmethod

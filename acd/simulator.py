@@ -1,0 +1,380 @@
+"""Domain: a discrete-event simulation of one node's queue, driving the real ``AgentPool``.
+
+Calls arrive per skill as Poisson processes, hold the agent for an exponential handle
+time and, when a mean patience is given, hang up after an exponential patience if no
+agent was reserved by then. Every routing step is the pool's own code: ``reserve``,
+``connected``, ``release`` and wrap-up timers.
+
+Time is virtual. The simulation runs on its own asyncio event loop whose clock is a
+number: when nothing is ready, the loop jumps to the next timer instead of sleeping, so
+an eight-hour day takes seconds and ``asyncio.sleep`` and ``asyncio.wait`` timeouts
+inside the pool follow the simulated clock. One seed gives one result.
+
+Figures are counted over the calls that arrive after a warm-up (a tenth of the run by
+default), and each such call is followed to its end:
+
+- ASA: mean wait of answered calls, seconds from arrival to the reservation of an agent;
+- wait probability: share of answered calls that waited at all;
+- service level: calls answered within the target over all calls offered (abandoned calls
+  count as missed);
+- abandonment: abandoned calls over calls offered;
+- occupancy: agent time spent on calls and wrap-up over the agents' time in the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import random
+import re
+import selectors
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from acd.pool import AcdSettings, AgentPool, AgentProfile, DeviceState, ReleaseOutcome
+
+# Wall-clock stamp of simulated time zero, used only on the pool's events and decisions.
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SkillTraffic:
+    """Offered traffic of one skill: arrivals per hour, mean handle time, mean patience."""
+
+    skill: str
+    calls_per_hour: float
+    handle_s: float
+    # None: callers never hang up while waiting (Erlang C's assumption).
+    patience_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.calls_per_hour < 0 or self.handle_s <= 0:
+            raise ValueError(f"skill {self.skill}: calls_per_hour must be >= 0 and handle_s > 0")
+        if self.patience_s is not None and self.patience_s <= 0:
+            raise ValueError(f"skill {self.skill}: patience_s must be > 0 when given")
+
+    @property
+    def load(self) -> float:
+        """Offered load in Erlangs."""
+        return self.calls_per_hour * self.handle_s / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SkillResult:
+    skill: str
+    offered: int
+    answered: int
+    abandoned: int
+    asa_s: float
+    wait_probability: float
+    service_level: float
+    abandon_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    agents: int
+    simulated_s: float
+    target_s: float
+    occupancy: float
+    # Load the counted calls actually brought, in Erlangs: their handle times over the window.
+    offered_load: float
+    skills: tuple[SkillResult, ...]
+    total: SkillResult
+
+
+class TrafficError(Exception):
+    """A traffic file that cannot be used; the message is Chinese and names the row and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTarget:
+    """A service-level target such as 80/15: ``share`` of calls answered within ``seconds``."""
+
+    share: float
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceTarget:
+        match = re.fullmatch(r"\s*(\d{1,2}(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*", str(text))
+        if match is None or not 0 < float(match.group(1)) < 100:
+            raise TrafficError(f"服务水平目标“{text}”格式不对，请写成“百分比/秒数”，例如 80/15（80% 的来电在 15 秒内接起）")
+        return cls(float(match.group(1)) / 100.0, float(match.group(2)))
+
+    def label(self) -> str:
+        return f"{self.share:.0%} 的来电在 {self.seconds:g} 秒内接起"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPlan:
+    """Contents of a traffic file: traffic per skill, and optionally a target and a wrap-up time."""
+
+    skills: tuple[SkillTraffic, ...]
+    target: ServiceTarget | None = None
+    wrap_up_s: float = 0.0
+
+
+_TRAFFIC_FIELDS = ("skill", "calls_per_hour", "handle_s", "patience_s")
+
+
+def _skill_traffic(where: str, row: Any) -> SkillTraffic:
+    if not isinstance(row, dict):
+        raise TrafficError(f"{where}应为一个映射（skill、calls_per_hour、handle_s，可选 patience_s）")
+    unknown = sorted(set(map(str, row)) - set(_TRAFFIC_FIELDS))
+    if unknown:
+        raise TrafficError(f"{where}有未知字段 {'、'.join(unknown)}，可用字段：{'、'.join(_TRAFFIC_FIELDS)}")
+    skill = str(row.get("skill") or "").strip()
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", skill):
+        raise TrafficError(f"{where}：技能“{skill}”格式不对，请用名单里的技能代码，例如 dibao")
+    numbers: dict[str, float | None] = {}
+    for name in ("calls_per_hour", "handle_s", "patience_s"):
+        value = row.get(name)
+        if value is None or str(value).strip() == "":
+            numbers[name] = None
+            continue
+        try:
+            numbers[name] = float(value)
+        except (TypeError, ValueError):
+            raise TrafficError(f"{where}：{name} 的值“{value}”不是数字") from None
+    if numbers["calls_per_hour"] is None or numbers["calls_per_hour"] < 0:
+        raise TrafficError(f"{where}：技能 {skill} 缺少每小时来电数 calls_per_hour（>= 0）")
+    if numbers["handle_s"] is None or numbers["handle_s"] <= 0:
+        raise TrafficError(f"{where}：技能 {skill} 缺少平均处理时长 handle_s（秒，> 0）")
+    if numbers["patience_s"] is not None and numbers["patience_s"] <= 0:
+        raise TrafficError(f"{where}：技能 {skill} 的平均耐心时长 patience_s 应 > 0，不模拟挂机放弃请留空")
+    return SkillTraffic(skill, numbers["calls_per_hour"], numbers["handle_s"], numbers["patience_s"])
+
+
+def load_traffic(path: str | Path) -> TrafficPlan:
+    """Load a traffic file: YAML (``skills`` list plus optional ``service_level``, ``wrap_up_s``) or CSV.
+
+    A CSV file has the header ``skill,calls_per_hour,handle_s,patience_s`` and one skill a row.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TrafficError(f"找不到话务量文件 {path}，请检查路径") from None
+
+    target: ServiceTarget | None = None
+    wrap_up_s = 0.0
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        rows = [(f"第 {number} 行", {k: v for k, v in row.items() if k is not None})
+                for number, row in enumerate(reader, start=2) if any((v or "").strip() for v in row.values() if v)]
+    else:
+        try:
+            data = YAML(typ="safe").load(text)
+        except YAMLError as exc:
+            raise TrafficError(f"话务量文件 {path} 不是有效的 YAML：{exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("skills"), list):
+            raise TrafficError(f"话务量文件 {path} 应有 skills 列表，每项一个技能（skill、calls_per_hour、handle_s）")
+        if data.get("service_level") is not None:
+            target = ServiceTarget.parse(str(data["service_level"]))
+        try:
+            wrap_up_s = float(data.get("wrap_up_s") or 0.0)
+        except (TypeError, ValueError):
+            raise TrafficError(f"话务量文件 {path}：wrap_up_s 的值“{data.get('wrap_up_s')}”不是数字") from None
+        rows = [(f"skills 第 {number} 项", row) for number, row in enumerate(data["skills"], start=1)]
+    if not rows:
+        raise TrafficError(f"话务量文件 {path} 没有技能：每个技能写一行 skill、calls_per_hour、handle_s")
+
+    skills = [_skill_traffic(f"话务量文件 {path} {where}", row) for where, row in rows]
+    names = [t.skill for t in skills]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TrafficError(f"话务量文件 {path}：技能 {'、'.join(repeated)} 写了不止一次，请合并成一行")
+    if wrap_up_s < 0:
+        raise TrafficError(f"话务量文件 {path}：wrap_up_s 应 >= 0")
+    return TrafficPlan(tuple(skills), target, wrap_up_s)
+
+
+class _VirtualClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+class _JumpingSelector(selectors.BaseSelector):
+    """A selector that never blocks: a wait for ``timeout`` seconds moves the clock instead.
+
+    The loop only asks to wait when no callback is ready, so jumping to the next timer is
+    exactly what would happen in real time, minus the waiting.
+    """
+
+    def __init__(self, clock: _VirtualClock) -> None:
+        self._clock = clock
+        self._real = selectors.DefaultSelector()
+
+    def register(self, fileobj, events, data=None):
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj):
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj, events, data=None):
+        return self._real.modify(fileobj, events, data)
+
+    def select(self, timeout=None):
+        if timeout is None:
+            raise RuntimeError("simulation stalled: no call or timer is pending")
+        if timeout > 0:
+            self._clock.now += timeout
+        return self._real.select(0)
+
+    def close(self) -> None:
+        self._real.close()
+
+    def get_map(self):
+        return self._real.get_map()
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: _VirtualClock) -> None:
+        super().__init__(_JumpingSelector(clock))
+        self._virtual = clock
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+@dataclass(slots=True)
+class _Tally:
+    offered: int = 0
+    answered: int = 0
+    abandoned: int = 0
+    waited: int = 0
+    within_target: int = 0
+    wait_sum: float = 0.0
+
+    def result(self, skill: str) -> SkillResult:
+        return SkillResult(
+            skill=skill, offered=self.offered, answered=self.answered, abandoned=self.abandoned,
+            asa_s=self.wait_sum / self.answered if self.answered else math.nan,
+            wait_probability=self.waited / self.answered if self.answered else math.nan,
+            service_level=self.within_target / self.offered if self.offered else math.nan,
+            abandon_rate=self.abandoned / self.offered if self.offered else math.nan,
+        )
+
+
+@dataclass(slots=True)
+class _Run:
+    pool: AgentPool
+    rng: random.Random
+    window: tuple[float, float]
+    target_s: float
+    wrap_up_s: float
+    tallies: dict[str, _Tally] = field(default_factory=dict)
+    busy_s: float = 0.0
+    offered_s: float = 0.0
+
+    def busy(self, start: float, end: float) -> None:
+        low, high = self.window
+        self.busy_s += max(0.0, min(end, high) - max(start, low))
+
+
+async def _call(run: _Run, call_id: str, traffic: SkillTraffic, horizon_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    arrived = loop.time()
+    counted = run.window[0] <= arrived < run.window[1]
+    tally = run.tallies[traffic.skill]
+    handle_s = run.rng.expovariate(1.0 / traffic.handle_s)
+    if counted:
+        tally.offered += 1
+        run.offered_s += handle_s
+
+    patience = run.rng.expovariate(1.0 / traffic.patience_s) if traffic.patience_s else 10.0 * horizon_s
+    reservation = await run.pool.reserve(call_id, traffic.skill, timeout_s=patience)
+    if reservation is None:
+        run.pool.call_ended(call_id)
+        if counted:
+            tally.abandoned += 1
+        return
+
+    wait = loop.time() - arrived
+    if counted:
+        tally.answered += 1
+        tally.wait_sum += wait
+        tally.waited += wait > 0
+        tally.within_target += wait <= run.target_s
+    # The agent answers at once. The phone's own state is not simulated: the pool's view
+    # (reserved, connected, released) decides, and the reservation timeout is set past the run.
+    await run.pool.connected(reservation)
+    started = loop.time()
+    await asyncio.sleep(handle_s)
+    ended = loop.time()
+    run.busy(started, ended + run.wrap_up_s)
+    await run.pool.release(reservation, reason="hangup", outcome=ReleaseOutcome.ANSWERED)
+    run.pool.call_ended(call_id)
+
+
+async def _arrivals(run: _Run, traffic: SkillTraffic, horizon_s: float, calls: set[asyncio.Task[None]]) -> None:
+    if traffic.calls_per_hour == 0:
+        return
+    loop = asyncio.get_running_loop()
+    rate = traffic.calls_per_hour / 3600.0
+    number = 0
+    while True:
+        await asyncio.sleep(run.rng.expovariate(rate))
+        if loop.time() >= horizon_s:
+            return
+        number += 1
+        task = asyncio.create_task(_call(run, f"{traffic.skill}-{number}", traffic, horizon_s))
+        calls.add(task)
+        task.add_done_callback(calls.discard)
+
+
+async def _simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic], hours: float,
+                    target_s: float, seed: int, warmup_fraction: float, wrap_up_s: float) -> SimulationResult:
+    loop = asyncio.get_running_loop()
+    horizon = hours * 3600.0
+    pool = AgentPool(
+        roster, clock=loop.time, wall_clock=lambda: _EPOCH + timedelta(seconds=loop.time()),
+        settings=AcdSettings(wrap_up_s=wrap_up_s, no_answer_pause_reason=None, reservation_ttl_s=10.0 * horizon),
+    )
+    for agent in roster:
+        await pool.device_state_changed(agent.endpoint, DeviceState.NOT_IN_USE)
+
+    run = _Run(pool, random.Random(seed), (horizon * warmup_fraction, horizon), target_s, wrap_up_s,
+               {t.skill: _Tally() for t in traffic})
+    calls: set[asyncio.Task[None]] = set()
+    await asyncio.gather(*(_arrivals(run, t, horizon, calls) for t in traffic))
+    while calls:
+        await asyncio.gather(*list(calls))
+
+    total = _Tally()
+    for tally in run.tallies.values():
+        total.offered += tally.offered
+        total.answered += tally.answered
+        total.abandoned += tally.abandoned
+        total.waited += tally.waited
+        total.within_target += tally.within_target
+        total.wait_sum += tally.wait_sum
+    window = horizon * (1.0 - warmup_fraction)
+    return SimulationResult(
+        agents=len(roster), simulated_s=horizon, target_s=target_s,
+        occupancy=run.busy_s / (len(roster) * window) if roster else math.nan, offered_load=run.offered_s / window,
+        skills=tuple(run.tallies[t.skill].result(t.skill) for t in traffic), total=total.result("全部"),
+    )
+
+
+def simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic], *, hours: float, target_s: float,
+             seed: int = 12349, warmup_fraction: float = 0.1, wrap_up_s: float = 0.0) -> SimulationResult:
+    """Run the pool against Poisson traffic for ``hours`` of simulated time and return the figures.
+
+    Must be called outside a running event loop; it runs its own virtual-time loop.
+    """
+    if hours <= 0 or not 0 <= warmup_fraction < 1:
+        raise ValueError("hours must be > 0 and warmup_fraction in [0, 1)")
+    loop = _VirtualLoop(_VirtualClock())
+    try:
+        return loop.run_until_complete(
+            _simulate(roster, traffic, hours, target_s, seed, warmup_fraction, wrap_up_s))
+    finally:
+        loop.close()
