@@ -133,7 +133,9 @@ ACTIONS: Mapping[str, ActionRule] = MappingProxyType({rule.name: rule for rule i
     _rule("close", "归档", {S.VERIFYING}, S.CLOSED, "closed"),
     _rule("reopen", "重办", {S.VERIFYING}, S.REOPENED, "reopened", {Field.NOTE}),
     _rule("merge", "并单", _UNRESOLVED, S.MERGED, "merged", {Field.TARGET}, target_is_local=True),
-    _rule("escalate", "提级", _UNRESOLVED, S.ESCALATED, "escalated", {Field.TARGET}),
+    # 提级 without --target requests the parent node to open its own linked ticket, whose id comes back
+    # later as an "escalation_linked" event. With --target it links a higher-tier ticket that exists already.
+    _rule("escalate", "提级", _UNRESOLVED, S.ESCALATED, "escalated"),
     _rule("cancel", "撤销", _UNRESOLVED | {S.ESCALATED}, S.CANCELLED, "cancelled", {Field.REASON}, CANCEL_REASONS),
     _rule("remind", "催办", OPEN_STATES, None, "reminded"),
     _rule("supervise", "督办", OPEN_STATES, None, "supervised", {Field.OFFICE, Field.NOTE}),
@@ -142,9 +144,15 @@ ACTIONS: Mapping[str, ActionRule] = MappingProxyType({rule.name: rule for rule i
 # Event kinds written by the lifecycle; storage refuses them through its informational-event path.
 LIFECYCLE_EVENT_KINDS: frozenset[str] = frozenset({"created"} | {rule.event_kind for rule in ACTIONS.values()})
 
+# Actions that take another ticket as ``target``: required for 并单, optional for 提级.
+TARGET_ACTIONS: frozenset[str] = frozenset({"merge", "escalate"})
+
+# Event kind a lower tier writes when the higher tier reports the id of the ticket it opened for a 提级.
+ESCALATION_LINKED_KIND = "escalation_linked"
+
 # Event kinds that link the ticket to another one through ``payload["target_ticket_id"]``.
 LINK_EVENT_KINDS: frozenset[str] = frozenset(
-    rule.event_kind for rule in ACTIONS.values() if Field.TARGET in rule.requires
+    {ACTIONS[name].event_kind for name in TARGET_ACTIONS} | {ESCALATION_LINKED_KIND}
 )
 
 # Chinese labels of event kinds for the event trail; kinds not listed are shown as stored.
@@ -158,9 +166,14 @@ EVENT_KIND_LABELS: Mapping[str, str] = MappingProxyType({
     "call_ended": "通话结束",
     "emergency_alert": "紧急告警",
     "callback_requested": "申请回电",
+    "callback_task": "回电任务",
+    "queue_callback": "排队回电",
     "voice_message": "语音留言",
     "satisfaction": "满意度评价",
     "extension_approved": "批准延期",
+    # Events of the tier chain: the higher tier's linked ticket, and notices sent down to this tier.
+    ESCALATION_LINKED_KIND: "上级已建关联工单",
+    "policy_notice": "政策通知",
 })
 
 
@@ -340,7 +353,7 @@ def _check_target(ticket: Ticket, rule: ActionRule, target: Ticket | str | None,
             ticket_id=ticket.ticket_id, state=ticket.state, action=rule.name,
         )
 
-    if Field.TARGET not in rule.requires:
+    if rule.name not in TARGET_ACTIONS:
         raise reject("只能用于并单（merge）或提级（escalate），请去掉 --target。")
     try:
         target_id = parse_ticket_id(target_ticket_id)

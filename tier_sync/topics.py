@@ -7,9 +7,12 @@ from tickets.model import validate_node_id
 TOPIC_ROOT = "hotline/v1"
 
 
-def up_events_topic(parent_node_id: str) -> str:
-    """Return the topic a child publishes its ticket events to, on the parent's broker."""
-    return f"{TOPIC_ROOT}/{validate_node_id(parent_node_id)}/up/events"
+def up_events_topic(parent_node_id: str, child_node_id: str) -> str:
+    """Return the topic a child publishes its ticket events to, on the parent's broker.
+
+    The child's id is a topic level, so the broker ACL lets each child write only under its own id.
+    """
+    return f"{TOPIC_ROOT}/{validate_node_id(parent_node_id)}/up/{validate_node_id(child_node_id)}/events"
 
 
 def up_subscription(node_id: str) -> str:
@@ -20,6 +23,36 @@ def up_subscription(node_id: str) -> str:
 def down_acks_topic(child_node_id: str) -> str:
     """Return the topic a parent sends a child's acknowledgements to."""
     return f"{TOPIC_ROOT}/{validate_node_id(child_node_id)}/down/acks"
+
+
+def down_instructions_topic(child_node_id: str) -> str:
+    """Return the topic a parent sends a child's instructions to, on the parent's own broker."""
+    return f"{TOPIC_ROOT}/{validate_node_id(child_node_id)}/down/instructions"
+
+
+def up_instruction_acks_topic(parent_node_id: str, child_node_id: str) -> str:
+    """Return the topic a child sends its acks of the parent's instructions to, on the parent's broker.
+
+    The child's id is a topic level, so a broker ACL can let each child write only under its own id.
+    """
+    return f"{TOPIC_ROOT}/{validate_node_id(parent_node_id)}/up/{validate_node_id(child_node_id)}/instruction-acks"
+
+
+def sender_of_up_topic(node_id: str, topic: str, leaf: str) -> str | None:
+    """Return the child id in ``hotline/v1/<node>/up/<child>/<leaf>``, or None for any other topic."""
+    prefix = f"{TOPIC_ROOT}/{node_id}/up/"
+    if not topic.startswith(prefix) or not topic.endswith(f"/{leaf}"):
+        return None
+    child = topic[len(prefix):-len(leaf) - 1]
+    try:
+        return validate_node_id(child)
+    except ValueError:
+        return None
+
+
+def direct_publisher_client_id(node_id: str, destination_node_id: str) -> str:
+    """Return the MQTT client id of a node's emergency publisher towards one ancestor, stable across restarts."""
+    return f"hotline-{validate_node_id(node_id)}-direct-{validate_node_id(destination_node_id)}"
 
 
 def publisher_client_id(node_id: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import structlog
@@ -89,9 +90,7 @@ class MqttWorker:
         task, self._task = self._task, None
         try:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel_until_done(task)
         finally:
             self._connected.clear()
             if self._lock is not None:
@@ -177,6 +176,89 @@ class MqttWorker:
         return delay
 
 
+class HandlerPool:
+    """Runs message handlers as tasks, at most ``limit`` at once, for one MQTT session.
+
+    ``spawn`` waits for a free slot before it starts the handler, so a reading loop that
+    spawns each message's handler stops reading while ``limit`` handlers are busy. The
+    first error a handler raises is re-raised by ``watch``, which the session runs next
+    to its loops, so a failed publish or write still ends the session as it would inline.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"handler limit must be at least 1, not {limit}")
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failed = asyncio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def spawn(self, handler: Coroutine[Any, Any, None]) -> None:
+        """Start ``handler`` once a slot is free."""
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            handler.close()
+            raise
+        task = asyncio.create_task(handler)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if task.cancelled() or task.exception() is None or self._error is not None:
+            return
+        self._error = task.exception()
+        self._failed.set()
+
+    async def watch(self) -> None:
+        """Wait until a handler fails and raise its error."""
+        await self._failed.wait()
+        assert self._error is not None
+        raise self._error
+
+    async def drain(self) -> None:
+        """Wait until every started handler has finished."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def cancel(self) -> None:
+        """Cancel the running handlers and wait for them to end."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key, created on first use and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                del self._locks[key]
+
+
 async def run_until_first_done(*coroutines: object) -> None:
     """Run coroutines as tasks until one finishes; cancel the rest and re-raise the first error."""
     tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]  # type: ignore[arg-type]
@@ -190,3 +272,18 @@ async def run_until_first_done(*coroutines: object) -> None:
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+async def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again while it keeps running.
+
+    On Python 3.11, ``asyncio.wait_for`` (which aiomqtt 2.5 uses to wait for a PUBACK)
+    returns the result and drops the cancellation when both arrive in the same loop
+    iteration. Python 3.12 rewrote ``wait_for`` without that race. Until then a worker
+    loop can run on after one ``cancel()``, and ``stop()`` would wait for it forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -31,11 +31,21 @@ from tickets.lifecycle import (
     event_kind_label,
     reason_label,
 )
+from tickets.envelope import INSTRUCTION_KINDS
 from tickets.model import TicketEvent, TicketState, Tier
+from tier_sync.escalation import ESCALATE_TO_KEY
+from tier_sync.instructions import InvalidInstruction, issue_instruction
 
 CHINA = ZoneInfo("Asia/Shanghai")
 
-LINK_LABELS = {"merged": "并入", "escalated": "提级至"}
+LINK_LABELS = {
+    "merged": "并入",
+    "escalated": "提级至",
+    # Written by the tier chain: the higher tier's ticket points back at the escalated one, and
+    # the escalated one records the id the higher tier gave its ticket.
+    "escalated_from": "提级自",
+    "escalation_linked": "提级后的上级工单为",
+}
 
 
 def _local(moment: datetime) -> str:
@@ -78,6 +88,9 @@ _PAYLOAD_LABELS = {
     "caller_flags": "号码标记", "opened_because": "受理原因", "agent_id": "坐席", "talk_seconds": "通话秒数",
     "answered_at": "接听时间", "outcome": "通话结果", "last_node": "最后节点", "duration_seconds": "通话总秒数",
     "path": "路径", "score": "评分", "file": "文件", "number": "回电号码", "sha256": "附件指纹",
+    "target_ticket_id": "关联工单", "escalate_to_node_id": "提级至节点", "escalated_from_ticket_id": "提级来源工单",
+    "escalated_from_node_id": "提级来源节点", "escalation_event_id": "提级事件", "instruction_id": "上级指令编号",
+    "issuer_node_id": "指令下达节点",
 }
 _PAYLOAD_VALUES = {
     "phone": "电话", "category_chosen": "来电者选择了业务类别", "agent_answered": "坐席已接听",
@@ -161,9 +174,20 @@ async def _transition(
     target: str | None,
 ) -> str:
     config = load_node_config(config_path)
+
+    # 提级 without a target requests the parent node to open its own linked ticket.
+    payload: dict[str, object] = {}
+    if action == "escalate" and not (target and target.strip()):
+        if config.parent is None:
+            raise ConfigError(
+                f"节点 {config.node_id} 没有配置上级节点 parent，无法提级；如上级工单已存在，请用 --target 填写其工单号"
+            )
+        payload[ESCALATE_TO_KEY] = config.parent.node_id
+
     async with await _open_store(config) as store:
         event = await store.apply_action(
             ticket_id, action, operator, reason=reason, note=note, office=office, target_ticket_id=target,
+            payload=payload,
         )
 
     rule = ACTIONS[action]
@@ -171,9 +195,36 @@ async def _transition(
         state = event.from_state.label if event.from_state else ""
         return f"工单 {ticket_id}：已记录{rule.label}，状态仍为「{state}」（第 {event.seq} 号事件，操作人 {operator}）。"
     previous = event.from_state.label if event.from_state else ""
-    return (
+    message = (
         f"工单 {ticket_id}：{previous} → {event.to_state.label}"
         f"（{rule.label}，第 {event.seq} 号事件，操作人 {operator}）。"
+    )
+    if ESCALATE_TO_KEY in payload:
+        message += f"上级节点 {payload[ESCALATE_TO_KEY]} 收到后会新建关联工单，其工单号随后记入本工单的办理轨迹。"
+    return message
+
+
+async def _instruct(
+    config_path: Path, ticket_id: str, child: str, kind: str, operator: str,
+    office: str | None, reason: str | None, note: str | None,
+) -> str:
+    config = load_node_config(config_path)
+    if config.broker is None:
+        raise ConfigError(f"节点 {config.node_id} 没有本级 MQTT 服务 broker，没有下级可以接收指令")
+    async with await _open_store(config) as store:
+        ticket = await store.get_ticket(ticket_id)
+        if ticket.origin_node != child:
+            # NOTE: instructions reach direct children only; a grandchild's ticket is not relayed.
+            raise InvalidInstruction(
+                f"工单 {ticket_id} 由节点 {ticket.origin_node} 受理，不是 {child}；指令只能发给受理该工单的直属下级节点，"
+                f"请把 --to 改为 {ticket.origin_node}（须为本级的直属下级）"
+            )
+        instruction = await issue_instruction(
+            store, child, ticket_id, kind, operator, office=office, reason=reason, note=note,
+        )
+    return (
+        f"已向下级节点 {child} 下达「{INSTRUCTION_KINDS[kind]}」指令 {instruction.instruction_id}（工单 {ticket_id}）。"
+        f"本节点的同步进程会把它发给下级，下级执行后的办理轨迹会随上报同步回来。"
     )
 
 
@@ -287,3 +338,39 @@ def actions_command() -> None:
     console = operator_console()
     for item in _describe_actions():
         console.print(item)
+
+
+@tickets.command(
+    "instruct",
+    short_help="向下级节点下达工单指令：派单、退回、督办或政策通知。",
+    help="向下级节点下达关于其工单的指令：assign（派单）、return（退回下级办理）、supervise（督办）、"
+    "policy_notice（政策通知）。指令经本级 MQTT 服务送达，下级执行后回执。",
+)
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="本节点（上级）的配置文件。")
+@click.argument("ticket_id")
+@click.option("--to", "child", required=True, help="接收指令的下级节点编号，即受理该工单的节点，例如 county-330106。")
+@click.option("--kind", required=True, type=click.Choice(["assign", "return", "supervise", "policy_notice"]),
+              help="指令类型。")
+@click.option("--operator", required=True, help="下达指令的操作人（工号或账号），记入下级的办理轨迹。")
+@click.option("--office", default=None, help="派单（assign）时为承办部门，必填；督办时为督办部门。")
+@click.option("--reason", default=None, help="退回下级办理（return）时的原因。")
+@click.option("--note", default=None, help="说明；退回、督办和政策通知必填。")
+def instruct_command(
+    config_path: Path, ticket_id: str, child: str, kind: str, operator: str,
+    office: str | None, reason: str | None, note: str | None,
+) -> None:
+    if not operator.strip():
+        click.echo("指令未下达：--operator 不能为空，请填写工号或账号。", err=True)
+        sys.exit(1)
+    try:
+        message = asyncio.run(_instruct(config_path, ticket_id, child, kind, operator, office, reason, note))
+    except (InvalidInstruction, ValueError) as exc:
+        click.echo(f"指令未下达：{exc}", err=True)
+        sys.exit(1)
+    except TicketNotFound:
+        click.echo(f"指令未下达：本节点没有工单 {ticket_id}，请用 hotline tickets list 查看下级上报的工单号。", err=True)
+        sys.exit(1)
+    except (ConfigError, StorageError) as exc:
+        click.echo(f"指令未下达：{exc}", err=True)
+        sys.exit(2)
+    click.echo(message)

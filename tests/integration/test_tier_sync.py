@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 COUNTY = "county-330106"
 CITY = "city-330100"
-CREATED_AT = datetime(2026, 12, 4, 2, 0, tzinfo=timezone.utc)
+CREATED_AT = datetime(2026, 12, 4, 2, 0, tzinfo=UTC)
 
 FAST_SESSION = SessionSettings(keepalive_s=5, connect_timeout_s=3, backoff_initial_s=0.2, backoff_max_s=1.0)
 
@@ -93,7 +94,7 @@ class TopicSpy:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        async with aiomqtt.Client(self._broker.host, self._broker.port, identifier=f"spy-{id(self)}") as client:
+        async with aiomqtt.Client(self._broker.host, self._broker.port, identifier=f"spy-{secrets.token_hex(4)}") as client:
             await client.subscribe(self._topic, qos=1)
             self._ready.set()
             async for message in client.messages:
@@ -190,8 +191,8 @@ class TestRoundTrip:
                         "schema": 1, "type": "ticket_event", "origin_node": COUNTY,
                         "event_id": "330106-20261204-0001#1", "tier": "county", "occurred_at": "yesterday",
                     }
-                    await client.publish(up_events_topic(CITY), json.dumps(bad).encode(), qos=1)
-                    await client.publish(up_events_topic(CITY), b"\xff\xfe not json", qos=1)
+                    await client.publish(up_events_topic(CITY, COUNTY), json.dumps(bad).encode(), qos=1)
+                    await client.publish(up_events_topic(CITY, COUNTY), b"\xff\xfe not json", qos=1)
                 for _ in range(100):
                     if receiver.rejected >= 2:
                         break
@@ -292,7 +293,7 @@ class TestQos1Duplicates:
                                     settings=publisher_settings(ack_timeout_s=1.0))
         receiver = AckDroppingReceiver(city, broker.host, broker.port, CITY, settings=RECEIVER_SETTINGS)
 
-        async with TopicSpy(broker, up_events_topic(CITY)) as wire:
+        async with TopicSpy(broker, up_events_topic(CITY, COUNTY)) as wire:
             await receiver.start()
             await publisher.start()
             try:
@@ -326,8 +327,8 @@ class TestQos1Duplicates:
             await receiver.wait_connected(5)
             async with TopicSpy(broker, down_acks_topic(COUNTY)) as acks:
                 async with aiomqtt.Client(broker.host, broker.port, identifier="replayer") as client:
-                    await client.publish(up_events_topic(CITY), row.envelope, qos=1)
-                    await client.publish(up_events_topic(CITY), row.envelope, qos=1)
+                    await client.publish(up_events_topic(CITY, COUNTY), row.envelope, qos=1)
+                    await client.publish(up_events_topic(CITY, COUNTY), row.envelope, qos=1)
                 for _ in range(100):
                     if len(acks.messages) >= 2:
                         break
