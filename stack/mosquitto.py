@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -24,6 +25,41 @@ LOOPBACK = "127.0.0.1"
 
 class BrokerError(RuntimeError):
     """The broker could not be started or stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSecurity:
+    """TLS and authentication files of a listener; ``hotline brokers init`` generates them.
+
+    Clients must log in with a user from ``password_file`` (anonymous access is off) and
+    may only use the topics ``acl_file`` grants that user.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    password_file: Path
+    acl_file: Path
+    # mosquitto 2.0 reads this as the lowest TLS version the listener accepts.
+    tls_version: str = "tlsv1.2"
+
+
+def security_config_lines(security: ListenerSecurity) -> list[str]:
+    """Return the mosquitto.conf lines that turn on TLS, passwords and the ACL.
+
+    They must follow the ``listener`` line, because mosquitto 2.0 applies the TLS
+    options to the listener defined last.
+    """
+    return [
+        f"cafile {security.ca_file}",
+        f"certfile {security.cert_file}",
+        f"keyfile {security.key_file}",
+        f"tls_version {security.tls_version}",
+        "require_certificate false",
+        "allow_anonymous false",
+        f"password_file {security.password_file}",
+        f"acl_file {security.acl_file}",
+    ]
 
 
 def free_port() -> int:
@@ -39,6 +75,9 @@ class MosquittoBroker:
     ``port=0`` picks a free port. ``persistence_dir`` enables on-disk persistence of
     sessions and queued messages there. ``max_packet_size`` makes the broker drop any
     client that sends a larger packet, as the production broker may be configured to.
+    ``security`` turns on TLS, per-node passwords and the ACL. ``config_file`` starts
+    mosquitto with an existing configuration instead of a generated one; it needs an
+    explicit ``port`` that matches the file's listener, and the file sets where logs go.
     """
 
     def __init__(
@@ -50,19 +89,32 @@ class MosquittoBroker:
         work_dir: str | Path | None = None,
         executable: str = "mosquitto",
         start_timeout_s: float = 10.0,
+        security: ListenerSecurity | None = None,
+        config_file: str | Path | None = None,
     ) -> None:
+        if config_file is not None and port == 0:
+            raise ValueError("a broker started from an existing config_file needs the port of its listener")
         self.host = LOOPBACK
         self.port = port
+        self.security = security
+        self._config_file = Path(config_file) if config_file is not None else None
         self.max_packet_size = max_packet_size
         self.persistence_dir = Path(persistence_dir) if persistence_dir else None
-        self._owns_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="hotline-mosquitto-"))
+        self._owns_work_dir = work_dir is None and config_file is None
+        if work_dir is not None:
+            self.work_dir = Path(work_dir)
+        elif self._config_file is not None:
+            self.work_dir = self._config_file.parent
+        else:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="hotline-mosquitto-"))
         self._executable = executable
         self._start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def config_path(self) -> Path:
+        if self._config_file is not None:
+            return self._config_file
         return self.work_dir / "mosquitto.conf"
 
     @property
@@ -81,11 +133,14 @@ class MosquittoBroker:
             return ""
 
     def write_config(self) -> Path:
-        lines = [
-            f"listener {self.port} {LOOPBACK}",
-            # NOTE: anonymous access is allowed because the broker only listens on loopback;
-            # per-install credentials and ACLs per node topic are still to be added.
-            "allow_anonymous true",
+        lines = [f"listener {self.port} {LOOPBACK}"]
+        if self.security is not None:
+            lines += security_config_lines(self.security)
+        else:
+            # NOTE: without ``security`` anyone on loopback may connect and use every topic;
+            # tests and the demo use that, a deployed broker uses the generated configuration.
+            lines.append("allow_anonymous true")
+        lines += [
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
@@ -119,7 +174,10 @@ class MosquittoBroker:
 
         if self.port == 0:
             self.port = free_port()
-        self.write_config()
+        if self._config_file is None:
+            self.write_config()
+        elif not self._config_file.is_file():
+            raise BrokerError(f"mosquitto configuration {self._config_file} not found")
         self._process = subprocess.Popen(
             [self._executable, "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,

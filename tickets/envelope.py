@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -41,7 +42,15 @@ from tickets.model import (
     validate_region_code,
 )
 
-SCHEMA_VERSION = 1
+# The schema version is "MAJOR.MINOR". A newer minor version only adds optional fields,
+# so a node reads it and ignores the fields it does not know. Another major version may
+# change what existing fields mean, so a node rejects it instead of guessing. The integer
+# form (1) means 1.0; nodes send it while the minor version is 0, because nodes built
+# before minor versions existed accept only that form.
+SCHEMA_MAJOR = 1
+SCHEMA_MINOR = 0
+SCHEMA_VERSION: int | str = SCHEMA_MAJOR if SCHEMA_MINOR == 0 else f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+_SCHEMA_TEXT_RE = re.compile(r"^(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})$")
 EVENT_TYPE = "ticket_event"
 ACK_TYPE = "ticket_event_ack"
 
@@ -52,6 +61,12 @@ MAX_PAYLOAD_DEPTH = 8
 # Payload keys whose string values are identifiers or timestamps, which the digit masks
 # would otherwise mangle (a call id such as "1700000000.42" looks like a phone number).
 _ID_KEY_SUFFIXES = ("_id", "_at", "_version", "_code")
+# Keyed hashes (HMAC-SHA256, hex) of a person's number or profile: they pass upward as they
+# are, since they reveal nothing without the county's key, but only in that exact shape.
+_REF_KEY_SUFFIXES = ("_ref", "_refs")
+_REF_RE = re.compile(r"^[0-9a-f]{64}$")
+# Encrypted copies of personal data; they are readable only at the county and never go up.
+_SEALED_KEY_SUFFIX = "_sealed"
 
 
 class EnvelopeError(ValueError):
@@ -67,6 +82,8 @@ class EnvelopeError(ValueError):
         self.problem = problem
         self.origin_node: str | None = None
         self.event_id: str | None = None
+        # The forwarding node, when the envelope names one; a rejection goes to it, not to the origin.
+        self.sender_node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +95,15 @@ class EventEnvelope:
     tier: Tier
     ticket: Ticket
     event: TicketEvent
-    schema: int = SCHEMA_VERSION
+    schema: int | str = SCHEMA_VERSION
+    # The node that published this copy when it is not ``origin_node``: a tier that forwards
+    # its children's events up the chain. Acknowledgements go to this node.
+    sender_node: str | None = None
+
+    @property
+    def reply_node(self) -> str:
+        """Return the node whose acks topic the receiver publishes the ack to: the sender of this copy."""
+        return self.sender_node or self.origin_node
 
     @property
     def occurred_at(self) -> datetime:
@@ -116,11 +141,14 @@ def format_utc(moment: datetime) -> str:
 def mask_upward_text(value: Any, key: str = "") -> Any:
     """Mask phone and ID numbers in every string of ``value`` except identifier-like keys."""
     if isinstance(value, str):
-        return value if key.endswith(_ID_KEY_SUFFIXES) else mask_text(value)
+        if key.endswith(_ID_KEY_SUFFIXES) or (key.endswith(_REF_KEY_SUFFIXES) and _REF_RE.match(value)):
+            return value
+        return mask_text(value)
     if isinstance(value, list):
         return [mask_upward_text(item, key) for item in value]
     if isinstance(value, dict):
-        return {name: mask_upward_text(item, name) for name, item in value.items()}
+        return {name: mask_upward_text(item, name) for name, item in value.items()
+                if not name.endswith(_SEALED_KEY_SUFFIX)}
     return value
 
 
@@ -188,6 +216,8 @@ def encode_envelope(envelope: EventEnvelope) -> bytes:
         },
         "payload": event.payload,
     }
+    if envelope.sender_node is not None:
+        document["sender_node"] = envelope.sender_node
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -200,6 +230,7 @@ def decode_envelope(raw: bytes) -> EventEnvelope:
     except EnvelopeError as exc:
         exc.origin_node = context.get("origin_node")
         exc.event_id = context.get("event_id")
+        exc.sender_node = context.get("sender_node")
         raise
 
 
@@ -248,13 +279,39 @@ def _load_object(raw: bytes, what: str) -> dict[str, Any]:
     return document
 
 
-def _check_header(document: dict[str, Any], expected_type: str) -> None:
-    schema = document.get("schema")
-    if schema != SCHEMA_VERSION or isinstance(schema, bool):
-        raise EnvelopeError("schema", f"value {schema!r} is not the supported schema version {SCHEMA_VERSION}")
+def parse_schema_version(value: Any) -> tuple[int, int]:
+    """Return (major, minor) of a ``schema`` value: an integer major or a "MAJOR.MINOR" string."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    if isinstance(value, str):
+        match = _SCHEMA_TEXT_RE.match(value)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    raise EnvelopeError("schema", f"value {value!r} is not a schema version (an integer such as 1 or a string such as \"1.2\")")
+
+
+def _check_header(document: dict[str, Any], expected_type: str) -> bool:
+    """Check the schema version and message type; return True when the sender's minor version is newer."""
+    if "schema" not in document:
+        raise EnvelopeError("schema", "missing")
+    value = document["schema"]
+    major, minor = parse_schema_version(value)
+    if major != SCHEMA_MAJOR:
+        fix = (
+            f"upgrade the hotline software on this node to a release that reads schema {major}.x"
+            if major > SCHEMA_MAJOR
+            else f"upgrade the hotline software on the sending node to a release that writes schema {SCHEMA_MAJOR}.x"
+        )
+        raise EnvelopeError(
+            "schema",
+            f"value {value!r} has major version {major}, but this node reads only major version {SCHEMA_MAJOR} "
+            f"(up to {SCHEMA_MAJOR}.{SCHEMA_MINOR}), so the message was not applied; {fix}",
+        )
+
     message_type = document.get("type")
     if message_type != expected_type:
         raise EnvelopeError("type", f"value {message_type!r} is not {expected_type!r}")
+    return minor > SCHEMA_MINOR
 
 
 def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -> EventEnvelope:
@@ -264,10 +321,14 @@ def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -
     event_id = _string(document, "event_id")
     ticket_id, seq = _split_event_id(event_id)
     context["event_id"] = event_id
+    sender_node = _node_id(document, "sender_node") if document.get("sender_node") is not None else None
+    if sender_node is not None:
+        context["sender_node"] = sender_node
 
-    _check_header(document, EVENT_TYPE)
-    allowed = {"schema", "type", "event_id", "origin_node", "tier", "occurred_at", "ticket", "event", "payload"}
-    _reject_unknown(document, allowed, "")
+    newer_minor = _check_header(document, EVENT_TYPE)
+    allowed = {"schema", "type", "event_id", "origin_node", "tier", "occurred_at", "ticket", "event", "payload",
+               "sender_node"}
+    _reject_unknown(document, allowed, "", newer_minor=newer_minor)
 
     tier = _enum(document, "tier", Tier)
     occurred_at = _timestamp(document, "occurred_at")
@@ -279,6 +340,7 @@ def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -
         {"ticket_id", "region_code", "category", "state", "caller_masked", "call_id", "created_at",
          "updated_at", "last_seq"},
         "ticket.",
+        newer_minor=newer_minor,
     )
     snapshot_id = _string(ticket_doc, "ticket_id", "ticket.")
     if snapshot_id != ticket_id:
@@ -313,7 +375,8 @@ def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -
     # Step 3: the event itself and its payload.
     event_doc = _object(document, "event")
     _reject_unknown(
-        event_doc, {"seq", "kind", "actor", "office", "from_state", "to_state", "reason", "note"}, "event."
+        event_doc, {"seq", "kind", "actor", "office", "from_state", "to_state", "reason", "note"}, "event.",
+        newer_minor=newer_minor,
     )
     event_seq = _positive_int(event_doc, "seq", "event.")
     if event_seq != seq:
@@ -346,12 +409,14 @@ def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -
     except ValueError as exc:
         raise EnvelopeError("event", str(exc)) from None
 
-    return EventEnvelope(event_id=event_id, origin_node=origin_node, tier=tier, ticket=ticket, event=event)
+    return EventEnvelope(event_id=event_id, origin_node=origin_node, tier=tier, ticket=ticket, event=event,
+                         sender_node=sender_node)
 
 
-def _reject_unknown(document: dict[str, Any], allowed: set[str], prefix: str) -> None:
+def _reject_unknown(document: dict[str, Any], allowed: set[str], prefix: str, *, newer_minor: bool = False) -> None:
+    # A newer minor version may add optional fields, which this node ignores.
     unknown = sorted(set(document) - allowed)
-    if unknown:
+    if unknown and not newer_minor:
         raise EnvelopeError(prefix + unknown[0], "unknown field")
 
 
@@ -463,7 +528,10 @@ def _check_payload(value: Any, field: str, depth: int) -> None:
 
     if isinstance(value, str):
         key = field.rsplit(".", 1)[-1].split("[", 1)[0]
-        if not key.endswith(_ID_KEY_SUFFIXES):
+        if key.endswith(_SEALED_KEY_SUFFIX):
+            raise EnvelopeError(field, "sealed personal data must not leave the county node")
+        hashed = key.endswith(_REF_KEY_SUFFIXES) and _REF_RE.match(value)
+        if not hashed and not key.endswith(_ID_KEY_SUFFIXES):
             _require_masked(value, field)
         return
 
@@ -471,3 +539,174 @@ def _check_payload(value: Any, field: str, depth: int) -> None:
         raise EnvelopeError(field, f"value {value!r} is not a finite number")
     if value is not None and not isinstance(value, (bool, int, float)):
         raise EnvelopeError(field, f"value of type {type(value).__name__} is not allowed")
+
+
+# ---------------------------------------------------------------- downward instructions
+#
+# Wire form of an instruction from a parent tier to one child (schema 1)::
+#
+#     {"schema": 1, "type": "ticket_instruction", "instruction_id": "city-330100:1f0c9a7e55d2b3a4",
+#      "issuer_node": "city-330100", "child_node": "county-330106", "ticket_id": "330106-20261204-0007",
+#      "kind": "supervise", "actor": "city-duty-01", "office": "杭州市民政局", "reason": null,
+#      "note": "请于今日内回复办理进展", "linked_ticket_id": null, "issued_at": "2026-12-04T03:00:00.000000Z"}
+#
+# The child applies it as an event of its own ticket and replies with a ``ticket_instruction_ack``.
+
+INSTRUCTION_TYPE = "ticket_instruction"
+INSTRUCTION_ACK_TYPE = "ticket_instruction_ack"
+
+# Instruction kinds and their Chinese names. "link_escalation" carries the id of the ticket a
+# parent opened for a 提级; the others are orders from the higher tier.
+INSTRUCTION_KINDS: dict[str, str] = {
+    "assign": "派单",
+    "return": "退回下级办理",
+    "supervise": "督办",
+    "policy_notice": "政策通知",
+    "link_escalation": "提级关联",
+}
+
+# Instruction ids appear inside outbox keys, which use "@" to separate the destination node.
+INSTRUCTION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TicketInstruction:
+    """An order from a parent tier to a child about one of the child's tickets."""
+
+    instruction_id: str
+    issuer_node: str
+    child_node: str
+    ticket_id: str
+    kind: str
+    actor: str
+    issued_at: datetime
+    office: str | None = None
+    reason: str | None = None
+    note: str | None = None
+    linked_ticket_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstructionAck:
+    """A child's reply to one instruction: applied, duplicate or rejected with the child's message."""
+
+    instruction_id: str
+    status: str
+    acked_by: str
+    error: str | None = None
+
+    STATUSES = ("applied", "duplicate", "rejected")
+
+
+def encode_instruction(instruction: TicketInstruction) -> bytes:
+    document = {
+        "schema": SCHEMA_VERSION,
+        "type": INSTRUCTION_TYPE,
+        "instruction_id": instruction.instruction_id,
+        "issuer_node": instruction.issuer_node,
+        "child_node": instruction.child_node,
+        "ticket_id": instruction.ticket_id,
+        "kind": instruction.kind,
+        "actor": instruction.actor,
+        "office": instruction.office,
+        "reason": instruction.reason,
+        "note": instruction.note,
+        "linked_ticket_id": instruction.linked_ticket_id,
+        "issued_at": format_utc(instruction.issued_at),
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_instruction(raw: bytes) -> TicketInstruction:
+    """Parse and validate an instruction; raise EnvelopeError naming the first bad field."""
+    document = _load_object(raw, "instruction")
+    context: dict[str, str] = {}
+    try:
+        return _instruction_from_document(document, context)
+    except EnvelopeError as exc:
+        exc.origin_node = context.get("issuer_node")
+        exc.event_id = context.get("instruction_id")
+        raise
+
+
+def _instruction_from_document(document: dict[str, Any], context: dict[str, str]) -> TicketInstruction:
+    # Step 1: the reply address, so that a rejection can reach the issuer.
+    issuer_node = _node_id(document, "issuer_node")
+    context["issuer_node"] = issuer_node
+    instruction_id = _instruction_id(document)
+    context["instruction_id"] = instruction_id
+
+    # Step 2: the header and the fields.
+    newer_minor = _check_header(document, INSTRUCTION_TYPE)
+    _reject_unknown(
+        document,
+        {"schema", "type", "instruction_id", "issuer_node", "child_node", "ticket_id", "kind", "actor", "office",
+         "reason", "note", "linked_ticket_id", "issued_at"},
+        "",
+        newer_minor=newer_minor,
+    )
+    kind = _string(document, "kind")
+    if kind not in INSTRUCTION_KINDS:
+        raise EnvelopeError("kind", f"value {kind!r} is not one of {', '.join(INSTRUCTION_KINDS)}")
+    ticket_id = _ticket_id(document, "ticket_id")
+    linked_ticket_id = _ticket_id(document, "linked_ticket_id") if document.get("linked_ticket_id") else None
+    if kind == "link_escalation" and linked_ticket_id is None:
+        raise EnvelopeError("linked_ticket_id", "missing; a link_escalation instruction names the linked ticket")
+
+    return TicketInstruction(
+        instruction_id=instruction_id,
+        issuer_node=issuer_node,
+        child_node=_node_id(document, "child_node"),
+        ticket_id=ticket_id,
+        kind=kind,
+        actor=_string(document, "actor"),
+        issued_at=_timestamp(document, "issued_at"),
+        office=_optional_string(document, "office"),
+        reason=_optional_string(document, "reason"),
+        note=_optional_string(document, "note"),
+        linked_ticket_id=linked_ticket_id,
+    )
+
+
+def encode_instruction_ack(ack: InstructionAck) -> bytes:
+    document = {
+        "schema": SCHEMA_VERSION,
+        "type": INSTRUCTION_ACK_TYPE,
+        "instruction_id": ack.instruction_id,
+        "status": ack.status,
+        "acked_by": ack.acked_by,
+        "error": ack.error,
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_instruction_ack(raw: bytes) -> InstructionAck:
+    """Parse and validate an instruction acknowledgement; raise EnvelopeError on a bad field."""
+    document = _load_object(raw, "instruction ack")
+    _check_header(document, INSTRUCTION_ACK_TYPE)
+    instruction_id = _instruction_id(document)
+    status = _string(document, "status")
+    if status not in InstructionAck.STATUSES:
+        raise EnvelopeError("status", f"value {status!r} is not one of {', '.join(InstructionAck.STATUSES)}")
+    return InstructionAck(
+        instruction_id=instruction_id,
+        status=status,
+        acked_by=_node_id(document, "acked_by"),
+        error=_optional_string(document, "error"),
+    )
+
+
+def _instruction_id(document: dict[str, Any]) -> str:
+    value = _string(document, "instruction_id")
+    if not INSTRUCTION_ID_RE.match(value):
+        raise EnvelopeError("instruction_id", f"value {value!r} is not 1-128 of a-z, 0-9, '_', '.', ':', '-'")
+    return value
+
+
+def _ticket_id(document: dict[str, Any], name: str) -> str:
+    value = _string(document, name)
+    try:
+        parse_ticket_id(value)
+    except InvalidTicketId as exc:
+        raise EnvelopeError(name, str(exc)) from None
+    return value
