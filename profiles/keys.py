@@ -4,9 +4,11 @@ Two files, both outside the database and readable by the owner only (mode 0600):
 
 - the encryption key file contains every AES-256 key still in use, by id, and names the
   active one, so rows encrypted under an older key stay readable while a rotation runs;
-- the lookup key file contains the HMAC key used to hash ID numbers and canonical phone
-  numbers for lookup and deduplication. It is a separate key so that the hashes cannot
-  be recomputed from the encryption keys alone.
+- the lookup key file contains the HMAC keys used to hash ID numbers and canonical phone
+  numbers for lookup and deduplication, by id, and names the active one. It is a separate
+  file so that the hashes cannot be recomputed from the encryption keys alone. The profile
+  database records which lookup key its hashes are under, and a rotation re-hashes every
+  row in one transaction before the old key may be removed.
 
 Each field is encrypted with a fresh 96-bit random nonce. The associated data binds the
 ciphertext to its profile, its column and its key id, so a ciphertext copied into
@@ -31,6 +33,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENCRYPTION_FORMAT = "hotline-profile-encryption-keys/1"
 LOOKUP_FORMAT = "hotline-profile-lookup-key/1"
+# Id of the single key in a lookup key file written before lookup keys had ids.
+FIRST_LOOKUP_KEY_ID = "l0"
 NONCE_BYTES = 12
 
 
@@ -91,17 +95,27 @@ def _decode_key(text: object, path: Path) -> bytes:
     return key
 
 
-def new_key_id(now: datetime) -> str:
-    return "k" + now.astimezone(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+def new_key_id(now: datetime, prefix: str = "k") -> str:
+    return prefix + now.astimezone(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
 @dataclass(frozen=True)
 class ProfileKeys:
-    """The AES keys by id, the id of the one new writes use, and the HMAC lookup key."""
+    """The AES keys by id and the id new writes use; the HMAC lookup keys by id and the active one's id.
+
+    With a single lookup key, ``lookup_keys`` may be left empty and ``lookup_key`` is stored
+    under ``FIRST_LOOKUP_KEY_ID``.
+    """
 
     encryption_keys: dict[str, bytes] = field(repr=False)
     active_key_id: str
     lookup_key: bytes = field(repr=False)
+    lookup_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    active_lookup_key_id: str = FIRST_LOOKUP_KEY_ID
+
+    def __post_init__(self) -> None:
+        if not self.lookup_keys:
+            object.__setattr__(self, "lookup_keys", {self.active_lookup_key_id: self.lookup_key})
 
     def encrypt(self, plaintext: bytes, *, profile_uid: str, column: str, key_id: str | None = None) -> bytes:
         """Encrypt one field; the result is nonce + ciphertext + tag."""
@@ -120,14 +134,26 @@ class ProfileKeys:
         except InvalidTag:
             raise DecryptionFailed(f"column {column} does not decrypt under key {key_id}") from None
 
-    def lookup_hash(self, canonical: str) -> bytes:
-        """HMAC-SHA256 of a canonical value (an 18-character ID number or an E.164 phone number)."""
-        return hmac.new(self.lookup_key, canonical.encode(), hashlib.sha256).digest()
+    def lookup_hash(self, canonical: str, *, key_id: str | None = None) -> bytes:
+        """HMAC-SHA256 of a canonical value (an 18-character ID number or an E.164 phone number).
+
+        ``key_id`` picks a lookup key other than the active one; raises KeyError for an unknown id.
+        """
+        key = self.lookup_keys[key_id] if key_id is not None else self.lookup_key
+        return hmac.new(key, canonical.encode(), hashlib.sha256).digest()
 
 
-# NOTE: the lookup (HMAC) key has no rotation yet. Rotating it means recomputing every
-# id_hash and phone_hash from decrypted values, and every profile_ref already sent upward
-# or written to the access log would stop matching.
+def _lookup_keys(document: dict[str, object], path: Path) -> tuple[dict[str, bytes], str]:
+    """Return the lookup keys by id and the active id; a file with one bare ``key`` has the id ``l0``."""
+    if "keys" not in document:
+        return {FIRST_LOOKUP_KEY_ID: _decode_key(document.get("key"), path)}, FIRST_LOOKUP_KEY_ID
+    keys = {key_id: _decode_key(text, path) for key_id, text in _keys_field(document, path).items()}
+    active = str(document.get("active"))
+    if active not in keys:
+        raise KeyFileError(f"查询密钥文件 {path} 的当前密钥 {active} 不在密钥列表中")
+    return keys, active
+
+
 def load_keys(encryption_key_file: Path, lookup_key_file: Path) -> ProfileKeys:
     """Read both key files; raise KeyFileError with a Chinese message when one cannot be used."""
     encryption = _read_json(encryption_key_file, ENCRYPTION_FORMAT)
@@ -137,8 +163,33 @@ def load_keys(encryption_key_file: Path, lookup_key_file: Path) -> ProfileKeys:
     if active not in keys:
         raise KeyFileError(f"密钥文件 {encryption_key_file} 的当前密钥 {active} 不在密钥列表中")
 
-    lookup = _read_json(lookup_key_file, LOOKUP_FORMAT)
-    return ProfileKeys(keys, active, _decode_key(lookup.get("key"), lookup_key_file))
+    lookup_keys, lookup_active = _lookup_keys(_read_json(lookup_key_file, LOOKUP_FORMAT), lookup_key_file)
+    return ProfileKeys(keys, active, lookup_keys[lookup_active], lookup_keys, lookup_active)
+
+
+def add_lookup_key(lookup_key_file: Path, *, now: datetime) -> str:
+    """Add a fresh HMAC key to the lookup key file and make it active; the old ones stay. Returns its id.
+
+    The profile database keeps using the key its hashes are under until a rotation
+    re-hashes every row (``ProfileStore.rekey_lookup``).
+    """
+    document = _read_json(lookup_key_file, LOOKUP_FORMAT)
+    keys, _ = _lookup_keys(document, lookup_key_file)
+    key_id = new_key_id(now, prefix="l")
+    texts = {old_id: base64.b64encode(key).decode() for old_id, key in keys.items()}
+    texts[key_id] = base64.b64encode(secrets.token_bytes(32)).decode()
+    _write_private(lookup_key_file, {"format": LOOKUP_FORMAT, "active": key_id, "keys": texts}, replace=True)
+    return key_id
+
+
+def retire_lookup_keys(lookup_key_file: Path, key_ids: set[str]) -> None:
+    """Remove lookup keys that the database no longer uses; the active key is never removed."""
+    document = _read_json(lookup_key_file, LOOKUP_FORMAT)
+    keys, active = _lookup_keys(document, lookup_key_file)
+    if active in key_ids:
+        raise KeyFileError("不能删除当前查询密钥")
+    texts = {key_id: base64.b64encode(key).decode() for key_id, key in keys.items() if key_id not in key_ids}
+    _write_private(lookup_key_file, {"format": LOOKUP_FORMAT, "active": active, "keys": texts}, replace=True)
 
 
 def generate_key_files(encryption_key_file: Path, lookup_key_file: Path, *, now: datetime) -> str:

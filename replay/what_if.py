@@ -17,6 +17,9 @@ from replay.offline import ActualCall, run_offline
 from replay.scripts import CallScript, Expectation, TimedKey
 from tickets.call_record import CallRecord
 
+# Synthetic number given to calls whose stored number is sealed.
+STAND_IN_NUMBER = "13900000000"
+
 NO_INPUTS = "无按键记录"
 DIGIT_ENTRY = "含号码或证件号输入，按键只存了位数，无法回放"
 
@@ -35,7 +38,9 @@ def script_from_record(record: CallRecord) -> CallScript | str:
             return DIGIT_ENTRY
         keys.extend(TimedKey(digit, pressed.at_ms) for digit in pressed.digits)
 
-    number = CallerId.from_raw(record.caller_raw).number
+    # A sealed number cannot be read here; a stand-in mobile number keeps paths that depend
+    # on the caller having a number (the callback offer) the same, without the real number.
+    number = STAND_IN_NUMBER if record.caller_sealed else CallerId.from_raw(record.caller_raw).number
     hangup_ms = inputs.ended_ms if inputs.hung_up else None
     if hangup_ms is not None and keys and hangup_ms < keys[-1].at_ms:
         hangup_ms = keys[-1].at_ms

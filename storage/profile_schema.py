@@ -71,6 +71,43 @@ PROFILE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         BEGIN SELECT RAISE(ABORT, 'profile_access_log is append-only'); END
         """,
     ),
+    # Version 2: the lookup key the hashes are under, ticket links and agent screens for the
+    # call path, and the profile references replaced by lookup-key rotations.
+    (
+        # name -> value; "lookup_key_id" names the HMAC key of every id_hash and phone_hash.
+        "CREATE TABLE profile_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # Tickets opened for calls from a known caller, so the next call finds the open one.
+        # Keyed by profile_uid, which a lookup-key rotation does not change.
+        """
+        CREATE TABLE profile_tickets (
+            ticket_id   TEXT PRIMARY KEY,
+            profile_uid TEXT NOT NULL REFERENCES profiles (profile_uid) ON DELETE CASCADE,
+            skill       TEXT,
+            agent_id    TEXT,
+            opened_at   TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX profile_tickets_profile ON profile_tickets (profile_uid, opened_at)",
+        # The masked summary (JSON) of the known caller last put through to each agent.
+        """
+        CREATE TABLE agent_screens (
+            agent_id   TEXT PRIMARY KEY,
+            call_id    TEXT NOT NULL,
+            shown_at   TEXT NOT NULL,
+            summary    TEXT NOT NULL
+        )
+        """,
+        # Each rotation of the lookup key maps the old profile_ref (in the access log and in
+        # tickets already sent upward) to the new one.
+        """
+        CREATE TABLE profile_ref_history (
+            old_ref       TEXT PRIMARY KEY,
+            new_ref       TEXT NOT NULL,
+            lookup_key_id TEXT NOT NULL,
+            rotated_at    TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 PROFILE_LATEST_VERSION = len(PROFILE_MIGRATIONS)

@@ -9,6 +9,11 @@ from datetime import datetime
 from tickets.model import TicketCategory, parse_ticket_id, require_utc
 
 
+# Prefix of a sealed number (profiles.sealing.SEALED_PREFIX), repeated here so the ticket
+# domain does not import the profile code.
+SEALED_CALLER_PREFIX = "sealed:v1:"
+
+
 class CallOutcome(enum.Enum):
     """How a call ended from the hotline's point of view."""
 
@@ -76,9 +81,11 @@ class CallInputs:
 class CallRecord:
     """One call as stored locally at the node that took it.
 
-    ``caller_raw`` is the number exactly as the network gave it. It stays on this node,
-    is never sent upward, and is left out of ``repr`` so that logging a record cannot
-    leak it. ``path`` lists the flow nodes the caller passed through, in order.
+    ``caller_raw`` is the number exactly as the network gave it. A node with a profile
+    store keeps it sealed (``sealed:v1:...``, see profiles.sealing), and only that node's
+    keys open it; a node without one keeps it in clear. Either way it is never sent
+    upward and is left out of ``repr`` so that logging a record cannot leak it.
+    ``path`` lists the flow nodes the caller passed through, in order.
     ``inputs`` holds the caller's keys with their timing; records written before the
     inputs were kept have None.
     """
@@ -115,3 +122,8 @@ class CallRecord:
         object.__setattr__(self, "path", tuple(self.path))
         if self.ticket_id is not None:
             parse_ticket_id(self.ticket_id)
+
+    @property
+    def caller_sealed(self) -> bool:
+        """True when ``caller_raw`` contains the sealed form rather than the number in clear."""
+        return self.caller_raw.startswith(SEALED_CALLER_PREFIX)

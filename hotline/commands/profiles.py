@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hotline.config import ConfigError
+from hotline.config import ConfigError, NodeConfig, load_node_config
 from profiles.access import (
     OPERATOR_NAME_RE,
     AccessDenied,
@@ -37,17 +37,22 @@ from profiles.access import (
 from profiles.config import ProfilesConfig, load_profiles_config
 from profiles.importer import ImportFileError, RowValidator, plan_import, read_rows
 from profiles.keys import (
+    DecryptionFailed,
     KeyFileError,
     add_active_key,
+    add_lookup_key,
     generate_key_files,
     load_keys,
     retire_keys,
+    retire_lookup_keys,
 )
 from profiles.model import ProfileSummary, mask_id_number_for_agent
 from profiles.phone import PhoneNumber, PhoneNumberError, normalise_phone
+from profiles.sealing import SealedValueError
 from regions.divisions import RegionCodeError, default_division_table
-from storage.errors import StorageError
-from storage.profile_store import AccessLogEntry, ProfileStore
+from storage.errors import StorageError, TicketNotFound
+from storage.profile_store import AccessLogEntry, AgentScreen, LookupKeyState, ProfileStore
+from storage.ticket_store import TicketStore
 
 CHINA = ZoneInfo("Asia/Shanghai")
 T = TypeVar("T")
@@ -295,36 +300,57 @@ async def _audit(config: ProfilesConfig, limit: int) -> list[AccessLogEntry]:
         return await store.access_log(limit=limit)
 
 
-@profiles.command(name="rotate-key", help="生成新加密密钥并逐批重新加密全部档案；中断后加 --resume 继续。")
+@profiles.command(name="rotate-key",
+                  help="生成新的加密密钥和查询密钥，逐批重新加密全部档案，再在一个事务中重算查询散列；中断后加 --resume 继续。")
 @CONFIG_OPTION
 @click.option("--resume", is_flag=True, help="不生成新密钥，继续上次未完成的轮换。")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100000),
               help="每个事务重新加密的档案数。")
 def rotate_key(config_path: Path, resume: bool, batch_size: int) -> None:
     config = _load(config_path)
+    pending = _run(_rotation_pending(config))
+    if pending and not resume:
+        _fail("上次的密钥轮换尚未完成（仍有档案或查询散列使用旧密钥）；请执行 hotline profiles rotate-key "
+              "--resume --config 配置文件 继续，完成后再开始新的轮换", 1)
     if not resume:
         try:
-            key_id = add_active_key(config.encryption_key_file, now=datetime.now(UTC))
+            now = datetime.now(UTC)
+            key_id = add_active_key(config.encryption_key_file, now=now)
+            lookup_key_id = add_lookup_key(config.lookup_key_file, now=now)
         except (KeyFileError, OSError) as error:
             _fail(f"生成新密钥失败：{error}", 2)
-        console.print(f"新密钥 {key_id} 已启用。", markup=False)
-    rewritten = _run(_rotate(config, batch_size))
-    console.print(f"已重新加密 {rewritten} 份档案，全部档案现使用当前密钥。旧密钥仍保留在密钥文件中，"
-                  "确认旧备份不再需要后执行 hotline profiles retire-keys 删除。", markup=False)
+        console.print(f"新加密密钥 {key_id} 和新查询密钥 {lookup_key_id} 已启用。", markup=False)
+    rewritten, rehashed = _run(_rotate(config, batch_size))
+    console.print(f"已重新加密 {rewritten} 份档案，重算 {rehashed} 份档案的查询散列；全部档案现使用当前密钥。"
+                  "旧密钥仍保留在密钥文件中，确认旧备份和旧通话记录不再需要后执行 hotline profiles retire-keys 删除。",
+                  markup=False)
 
 
-async def _rotate(config: ProfilesConfig, batch_size: int) -> int:
+async def _rotation_pending(config: ProfilesConfig) -> bool:
+    """Return True when rows are under an old AES key or the hashes under an old lookup key."""
+    async with await _open(config) as store:
+        in_use = await store.key_ids_in_use()
+        stale_rows = any(key_id != store.active_key_id for key_id in in_use)
+        return stale_rows or store.lookup_key_state().rotation_pending
+
+
+async def _rotate(config: ProfilesConfig, batch_size: int) -> tuple[int, int]:
     async with await _open(config) as store:
         in_use = await store.key_ids_in_use()
         total = sum(count for key, count in in_use.items() if key != store.active_key_id)
         rewritten = 0
-        with Progress(TextColumn("重新加密"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=error_console) as progress:
-            task = progress.add_task("rotate", total=total)
+            task = progress.add_task("重新加密", total=total)
             while (count := await store.reencrypt_batch(batch_size)) > 0:
                 rewritten += count
                 progress.advance(task, count)
-        return rewritten
+
+            rehash = progress.add_task("重算查询散列",
+                                       total=await store.count_profiles() if store.lookup_key_state().rotation_pending
+                                       else 0)
+            rehashed = await store.rekey_lookup(progress=lambda count: progress.advance(rehash, count))
+        return rewritten, rehashed
 
 
 @profiles.command(name="retire-keys", help="从密钥文件中删除已没有档案使用的旧加密密钥。")
@@ -336,17 +362,105 @@ def retire_keys_command(config_path: Path) -> None:
     except KeyFileError as error:
         _fail(str(error), 2)
     in_use = _run(_key_usage(config))
+    in_use, lookup_state = _run(_key_usage(config))
     unused = {key for key in keys.encryption_keys if key not in in_use and key != keys.active_key_id}
-    if not unused:
+    unused_lookup: set[str] = set()
+    if not lookup_state.rotation_pending:
+        unused_lookup = {key for key in keys.lookup_keys if key != lookup_state.database_key_id}
+    if not unused and not unused_lookup:
         console.print("没有可删除的旧密钥。", markup=False)
         return
+    # NOTE: call records and callback requests in the node's ticket database are sealed
+    # under the AES key active when the call ended; this command cannot see them.
     try:
-        retire_keys(config.encryption_key_file, unused)
+        if unused:
+            retire_keys(config.encryption_key_file, unused)
+        if unused_lookup:
+            retire_lookup_keys(config.lookup_key_file, unused_lookup)
     except (KeyFileError, OSError) as error:
         _fail(f"删除旧密钥失败：{error}", 2)
-    console.print(f"已删除旧密钥：{', '.join(sorted(unused))}。", markup=False)
+    console.print(f"已删除旧密钥：{', '.join(sorted(unused | unused_lookup))}。用这些密钥加密的旧通话记录号码从此无法解密。",
+                  markup=False)
 
 
-async def _key_usage(config: ProfilesConfig) -> dict[str, int]:
+async def _key_usage(config: ProfilesConfig) -> tuple[dict[str, int], LookupKeyState]:
     async with await _open(config) as store:
-        return await store.key_ids_in_use()
+        return await store.key_ids_in_use(), store.lookup_key_state()
+
+
+@profiles.command(help="显示坐席当前来电人的档案摘要（坐席级脱敏：身份证号只显示后 4 位），即振铃时节点写下的内容。")
+@CONFIG_OPTION
+@click.argument("agent_id")
+def screen(config_path: Path, agent_id: str) -> None:
+    config = _load(config_path)
+    agent_screen = _run(_screen(config, agent_id))
+    if agent_screen is None:
+        _fail(f"坐席 {agent_id} 还没有来自已建档来电人的来电；请确认坐席工号（见 hotline acd agents）", 1)
+    summary = agent_screen.summary
+    table = Table(title=f"坐席 {agent_id} 的来电人档案摘要", show_header=False)
+    table.add_column("项目")
+    table.add_column("内容")
+    table.add_row("来电", f"{agent_screen.call_id}（{agent_screen.shown_at.astimezone(CHINA):%Y-%m-%d %H:%M:%S} 振铃）")
+    table.add_row("姓名", summary.name_masked)
+    table.add_row("身份证号", summary.id_number_masked)
+    table.add_row("电话", "、".join(summary.phones_masked))
+    table.add_row("住址（到县）", summary.address_masked)
+    table.add_row("当前救助", "、".join(status.value for status in summary.active_statuses) or "无")
+    table.add_row("特殊需求", "、".join(sorted(tag.value for tag in summary.need_tags)) or "无")
+    table.add_row("首选坐席", summary.preferred_agent or "无")
+    console.print(table)
+
+
+async def _screen(config: ProfilesConfig, agent_id: str) -> AgentScreen | None:
+    async with await _open(config) as store:
+        return await store.agent_screen(agent_id)
+
+
+@profiles.command(name="callback-number",
+                  help="解密工单中来电人要求回拨的号码（只能在本县节点执行），必须给出操作员和理由并记入审计日志。")
+@CONFIG_OPTION
+@click.argument("ticket_id")
+@click.option("--node-config", "node_config_path", required=True, type=click.Path(path_type=Path),
+              help="本县节点的配置文件（YAML），从中读取工单数据库。")
+@click.option("--operator", "operator_name", required=True, help="操作员账号名。")
+@click.option("--reason", required=True, help="查看理由，例如“按约定回拨”。")
+def callback_number(config_path: Path, ticket_id: str, node_config_path: Path, operator_name: str,
+                    reason: str) -> None:
+    config = _load(config_path)
+    try:
+        node = load_node_config(node_config_path)
+    except ConfigError as error:
+        _fail(str(error), 2)
+    outcome = _run(_callback_number(config, node, ticket_id, operator_name, reason))
+    if outcome.startswith("错误："):
+        _fail(outcome.removeprefix("错误："), 1)
+    console.print(outcome, markup=False)
+
+
+async def _callback_number(config: ProfilesConfig, node: NodeConfig, ticket_id: str, operator_name: str,
+                           reason: str) -> str:
+    """Return the clear callback number, or a message starting with 错误： when it cannot be given."""
+    async with await TicketStore.open(node.database, node.node_id, node.region_code) as tickets:
+        try:
+            events = await tickets.list_events(ticket_id)
+        except TicketNotFound:
+            return f"错误：工单 {ticket_id} 不存在；请用 hotline tickets list 核对工单号"
+    requests = [event for event in events if event.kind == "callback_requested"]
+    if not requests:
+        return f"错误：工单 {ticket_id} 没有回拨请求"
+    payload = requests[-1].payload
+    if "number_sealed" not in payload:
+        return f"错误：工单 {ticket_id} 的回拨号码未加密保存，请用 hotline tickets show {ticket_id} 查看"
+
+    async with await _open(config) as store:
+        try:
+            await store.authorise_call_data_read(operator_name=operator_name, reason=reason, action="callback_number")
+        except AccessDenied as error:
+            return f"错误：{error}"
+        try:
+            number = store.unseal_number(str(payload["number_sealed"]), call_id=str(payload.get("call_id")),
+                                         purpose="callback")
+        except (SealedValueError, DecryptionFailed):
+            return (f"错误：工单 {ticket_id} 的回拨号码无法解密：加密它的密钥已不在密钥文件中，"
+                    "请从备份恢复该密钥后重试")
+    return f"工单 {ticket_id} 的回拨号码：{number}（本次查看已记入审计日志）"

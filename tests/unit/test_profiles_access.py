@@ -25,6 +25,10 @@ from profiles.model import (
     upward_payload,
 )
 from profiles.phone import normalise_phone
+from profiles.synthetic import synthetic_id_for_index
+
+# A synthetic ID number whose check character is X: 33010619300118001X.
+SAMPLE_ID = synthetic_id_for_index(17, "330106")
 
 
 @pytest.mark.parametrize(
@@ -57,7 +61,7 @@ def test_can_read(account: str, profile_region: str, allowed: bool) -> None:
 def _profile() -> Profile:
     return Profile(
         name="欧阳小明",
-        id_number="11010519491231002X",
+        id_number=SAMPLE_ID,
         phones=(normalise_phone("13900000001"), normalise_phone("0571-88886666")),
         address=Address("330106", "文三路1号"),
         statuses=(StatusPeriod(AssistanceStatus.LINSHI, date(2024, 1, 1), date(2024, 3, 1)),
@@ -70,7 +74,7 @@ def _profile() -> Profile:
 def test_summary_masks() -> None:
     summary = summarise(_profile(), profile_ref="ab" * 32, county_label="浙江省杭州市西湖区", today=date(2026, 12, 4))
     assert summary.name_masked == "欧***"
-    assert summary.id_number_masked == "1***************2X"
+    assert summary.id_number_masked == "3***************1X"
     assert summary.phones_masked == ("139****0001", "0571******66")
     assert summary.address_masked == "浙江省杭州市西湖区"
     assert summary.active_statuses == (AssistanceStatus.DIBAO,)
@@ -79,13 +83,13 @@ def test_summary_masks() -> None:
 
 
 def test_agent_mask_keeps_last_four() -> None:
-    assert mask_id_number_for_agent("11010519491231002X") == "1*************002X"
+    assert mask_id_number_for_agent(SAMPLE_ID) == "3*************001X"
 
 
 def test_upward_payload_has_no_sensitive_fields() -> None:
     payload = upward_payload(_profile(), profile_ref="ab" * 32, phone_refs=("cd" * 32,),
                              county_label="浙江省杭州市西湖区")
-    assert payload["id_number_masked"] == "1***************2X"
+    assert payload["id_number_masked"] == "3***************1X"
     assert payload["name_masked"] == "欧***"
     assert "need_tags" not in payload
     assert "statuses" not in payload

@@ -15,13 +15,24 @@ from profiles.id_number import (
     synthetic_legacy_id_number,
     upgrade_15_to_18,
 )
+from profiles.synthetic import synthetic_id_for_index
 
 TODAY = date(2026, 12, 4)
 
+# A fixed synthetic number whose check character is X: synthetic_id_for_index(17, "330106"),
+# region 330106, born 1930-01-18, order 001. Its 15-digit legacy form drops "19" and the X.
+SAMPLE = "33010619300118001X"
+LEGACY_SAMPLE = "330106300118001"
 
-def test_check_character_published_example() -> None:
-    # The worked example of GB 11643-1999 annex: 11010519491231002 → X.
-    assert check_character("11010519491231002") == "X"
+
+def test_sample_is_synthetic() -> None:
+    assert synthetic_id_for_index(17, "330106") == SAMPLE
+
+
+def test_check_character_fixed_example() -> None:
+    # Weighted sum of 33010619300118001 with 7 9 10 5 8 4 2 1 6 3 7 9 10 5 8 4 2 is 167;
+    # 167 mod 11 = 2, and remainder 2 maps to X.
+    assert check_character(SAMPLE[:17]) == "X"
 
 
 def test_check_character_all_remainders() -> None:
@@ -36,22 +47,22 @@ def test_check_character_all_remainders() -> None:
 
 
 def test_parse_valid_with_x() -> None:
-    parsed = parse_id_number("11010519491231002x", today=TODAY)
-    assert parsed.value == "11010519491231002X"
-    assert parsed.birth_date == date(1949, 12, 31)
+    parsed = parse_id_number(SAMPLE.lower(), today=TODAY)
+    assert parsed.value == SAMPLE
+    assert parsed.birth_date == date(1930, 1, 18)
     assert parsed.upgraded is False
 
 
 @pytest.mark.parametrize(
     ("value", "kind"),
     [
-        ("110105194912310021", "check_character"),
-        ("11010519491231002", "length"),
-        ("1101051949123100211", "length"),
-        ("01010519491231002X", "characters"),
-        ("1101051949123A002X", "characters"),
-        ("110105194902300021", "birth_date"),
-        ("110105189912310021", "birth_date_early"),
+        (SAMPLE[:17] + "1", "check_character"),
+        (SAMPLE[:17], "length"),
+        (SAMPLE[:17] + "11", "length"),
+        ("0" + SAMPLE[1:], "characters"),
+        (SAMPLE[:13] + "A" + SAMPLE[14:], "characters"),
+        ("330106193002300011", "birth_date"),
+        ("330106189912310011", "birth_date_early"),
     ],
 )
 def test_parse_rejects(value: str, kind: str) -> None:
@@ -61,41 +72,41 @@ def test_parse_rejects(value: str, kind: str) -> None:
 
 
 def test_parse_rejects_future_birth() -> None:
-    first17 = "11010520261205001"
+    first17 = "33010620261205001"
     with pytest.raises(IdNumberError) as caught:
         parse_id_number(first17 + check_character(first17), today=TODAY)
     assert caught.value.kind == "birth_date_future"
 
 
 def test_birth_today_is_accepted() -> None:
-    first17 = "11010520261204001"
+    first17 = "33010620261204001"
     assert parse_id_number(first17 + check_character(first17), today=TODAY).birth_date == TODAY
 
 
 def test_leap_day_accepted_only_in_leap_year() -> None:
-    leap = "11010520000229001"
+    leap = "33010620000229001"
     assert parse_id_number(leap + check_character(leap), today=TODAY).birth_date == date(2000, 2, 29)
-    common = "11010519000229001"
+    common = "33010619000229001"
     with pytest.raises(IdNumberError):
         parse_id_number(common + check_character(common), today=TODAY)
 
 
 def test_upgrade_legacy_number() -> None:
-    # 15-digit form of the published example: century 19 inserted, check character appended.
-    assert upgrade_15_to_18("110105491231002", today=TODAY) == "11010519491231002X"
-    parsed = parse_id_number("110105491231002", today=TODAY)
+    # Century 19 inserted, check character appended.
+    assert upgrade_15_to_18(LEGACY_SAMPLE, today=TODAY) == SAMPLE
+    parsed = parse_id_number(LEGACY_SAMPLE, today=TODAY)
     assert parsed.upgraded is True
 
 
 def test_upgrade_rejects_bad_legacy_date() -> None:
     with pytest.raises(IdNumberError) as caught:
-        parse_id_number("110105491331002", today=TODAY)
+        parse_id_number("330106301318001", today=TODAY)
     assert caught.value.kind == "birth_date"
 
 
 def test_upgrade_rejects_18_character_input() -> None:
     with pytest.raises(IdNumberError):
-        upgrade_15_to_18("11010519491231002X", today=TODAY)
+        upgrade_15_to_18(SAMPLE, today=TODAY)
 
 
 def test_synthetic_numbers_validate() -> None:
@@ -109,6 +120,6 @@ def test_synthetic_numbers_validate() -> None:
 
 def test_error_messages_are_chinese_with_fix() -> None:
     with pytest.raises(IdNumberError) as caught:
-        parse_id_number("110105194912310021", today=TODAY)
+        parse_id_number(SAMPLE[:17] + "1", today=TODAY)
     assert "校验位不符" in caught.value.message
     assert "应为 X" in caught.value.message

@@ -106,10 +106,11 @@ def test_valid_row_parsed() -> None:
 
 def test_legacy_id_upgraded_on_import() -> None:
     row = synthetic_row(0, random.Random(1))
-    row["id_number"] = "110105491231002"
+    # The 15-digit legacy form of synthetic_id_for_index(17, "330106"), 33010619300118001X.
+    row["id_number"] = "330106300118001"
     result = _validator().validate(2, row)
     assert isinstance(result, ValidRow)
-    assert result.profile.id_number == "11010519491231002X"
+    assert result.profile.id_number == synthetic_id_for_index(17, "330106")
     assert result.upgraded_id is True
 
 
