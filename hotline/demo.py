@@ -86,9 +86,10 @@ def standard_calls() -> list[ScriptedCall]:
     first_key_ms = int((welcome + 1.5) * 1000)
     retry_ms = int((prompt_seconds("invalid_key") + 1.5) * 1000)
     # The caller of call 4 hangs up while talking: after the category and transfer prompts,
-    # the ring and about one second of conversation.
+    # the recording notice, the ring and about one second of conversation.
     talk_hangup_ms = first_key_ms + int(
-        (prompt_seconds("category_yanglao") + prompt_seconds("transfer_agent") + 2.5) * 1000
+        (prompt_seconds("category_zhengce") + prompt_seconds("transfer_agent")
+         + prompt_seconds("call_recording_notice") + 2.5) * 1000
     )
 
     def keys(*pairs: tuple[int, str]) -> tuple[CallerStep, ...]:
@@ -128,11 +129,18 @@ class CallReport:
 
 
 class _NodeProcess:
-    """One ``hotline run`` process with its own log file and process group."""
+    """One ``hotline run`` process with its own log file and process group.
 
-    def __init__(self, name: str, config: Path, work_dir: Path):
+    ``extra_args`` go to ``hotline run``; ``command_prefix`` runs the command through
+    another program, such as ``nsenter`` into a private mount namespace.
+    """
+
+    def __init__(self, name: str, config: Path, work_dir: Path, *, extra_args: Sequence[str] = (),
+                 command_prefix: Sequence[str] = ()):
         self.name = name
         self.config = config
+        self.extra_args = tuple(extra_args)
+        self.command_prefix = tuple(command_prefix)
         self.ready_file = work_dir / f"{name}.ready"
         self.log_path = work_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -141,8 +149,8 @@ class _NodeProcess:
         self.ready_file.unlink(missing_ok=True)
         log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "hotline", "run", "--config", str(self.config),
-             "--ready-file", str(self.ready_file), "--json-logs"],
+            [*self.command_prefix, sys.executable, "-m", "hotline", "run", "--config", str(self.config),
+             "--ready-file", str(self.ready_file), "--json-logs", *self.extra_args],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
         )
         log_file.close()
@@ -154,6 +162,10 @@ class _NodeProcess:
             if time.monotonic() > deadline:
                 raise DemoError(f"节点 {self.name} 在 {NODE_START_TIMEOUT_S:.0f} 秒内没有就绪，日志：{self.log_path}\n{self.log_tail()}")
             time.sleep(0.1)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path.exists():
@@ -184,14 +196,28 @@ def _write_yaml(path: Path, text: str) -> Path:
 
 
 class DemoStack:
-    """Everything a county and a city need, started on loopback and stopped in reverse order."""
+    """Everything a county and a city need, started on loopback and stopped in reverse order.
 
-    def __init__(self, work_dir: Path, *, agent_talk_ms: int = 3000):
+    With ``standby`` a second county controller (``hotline run --standby``) shares the
+    county database and takes the calls the primary cannot. ``county_database`` moves the
+    county database (default ``work_dir/county.sqlite3``), ``county_args`` are extra
+    ``hotline run`` options of both county controllers, and ``county_command_prefix`` runs
+    them through another program.
+    """
+
+    def __init__(self, work_dir: Path, *, agent_talk_ms: int = 3000, standby: bool = False,
+                 county_database: Path | None = None, county_args: Sequence[str] = (),
+                 county_command_prefix: Sequence[str] = ()):
         self.work_dir = work_dir
         self.agent_talk_ms = agent_talk_ms
+        self.with_standby = standby
+        self.county_database = county_database or work_dir / "county.sqlite3"
+        self.county_args = tuple(county_args)
+        self.county_command_prefix = tuple(county_command_prefix)
         self.asterisk: AsteriskInstance | None = None
         self.city_broker: MosquittoBroker | None = None
         self.county: _NodeProcess | None = None
+        self.standby: _NodeProcess | None = None
         self.county_config: Path | None = None
         self.city_config: Path | None = None
         self.agents: list[SippAgent] = []
@@ -236,8 +262,9 @@ broker:
         # County tier: Asterisk with agent accounts, then the county node.
         passwords = {agent["id"]: secrets.token_urlsafe(12) for agent in AGENTS}
         fastagi_port = net.free_port()
+        standby_port = net.free_port() if self.with_standby else None
         self.asterisk = AsteriskInstance.with_free_ports(
-            f"demo{os.getpid()}", root=root, fastagi_port=fastagi_port,
+            f"demo{os.getpid()}", root=root, fastagi_port=fastagi_port, standby_fastagi_port=standby_port,
             agents=[AgentEndpoint(agent["endpoint"], agent["endpoint"], passwords[agent["id"]]) for agent in AGENTS],
             prompt_dir=PROMPT_AUDIO_DIR, fallback_prompt_id="system_error", test_extensions=False,
         )
@@ -253,28 +280,39 @@ broker:
         ))
         # A short wrap-up keeps the demo's back-to-back calls quick; the default is 15 s.
         acd_settings = _write_yaml(self.work_dir / "acd.yaml", "wrap_up_s: 2\n")
+        standby_line = f"  standby_fastagi: {{port: {standby_port}}}\n" if standby_port is not None else ""
         self.county_config = _write_yaml(self.work_dir / "county.yaml", f"""\
 node_id: {COUNTY['node_id']}
 tier: county
 region_code: "{COUNTY['region_code']}"
-database: {self.work_dir / 'county.sqlite3'}
+database: {self.county_database}
 parent:
   node_id: {CITY['node_id']}
   broker: {{port: {broker.port}}}
 telephony:
   fastagi: {{port: {fastagi_port}}}
-  ami: {{port: {self.asterisk.ami.port}, username: {self.asterisk.ami.username}, secret_file: {secret_file}}}
+{standby_line}  ami: {{port: {self.asterisk.ami.port}, username: {self.asterisk.ami.username}, secret_file: {secret_file}}}
   flow: {REPO_ROOT / 'flows' / '12349.yaml'}
   prompt_catalog: {REPO_ROOT / 'prompts' / 'zh-CN.yaml'}
   prompt_sound_dir: {self.asterisk.instance_dir / 'sounds'}
   roster: {roster}
   calendar_overrides: {REPO_ROOT / 'config' / 'calendar-overrides.yaml'}
   acd_settings: {acd_settings}
+  call_recordings_dir: {self.asterisk.host_dir / 'spool' / 'monitor'}
 """)
-        county = _NodeProcess("county", self.county_config, self.work_dir)
+        county = _NodeProcess("county", self.county_config, self.work_dir, extra_args=self.county_args,
+                              command_prefix=self.county_command_prefix)
         self._exit.callback(county.stop)
         county.start()
         self.county = county
+
+        if self.with_standby:
+            standby = _NodeProcess("county-standby", self.county_config, self.work_dir,
+                                   extra_args=("--standby", *self.county_args),
+                                   command_prefix=self.county_command_prefix)
+            self._exit.callback(standby.stop)
+            standby.start()
+            self.standby = standby
 
         # Agent phones register last, so the county sees them arrive over AMI.
         for agent in AGENTS:
@@ -307,11 +345,12 @@ async def _read_node(config_db: Path, node: dict[str, str]) -> tuple[list[CallRe
     return calls, tickets, pending
 
 
-async def wait_for_city(work_dir: Path, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+async def wait_for_city(work_dir: Path, timeout_s: float = SYNC_TIMEOUT_S, *,
+                        county_database: Path | None = None) -> None:
     """Wait until the county's outbox is empty and the city holds every county ticket event."""
     deadline = time.monotonic() + timeout_s
     while True:
-        _, county_tickets, pending = await _read_node(work_dir / "county.sqlite3", COUNTY)
+        _, county_tickets, pending = await _read_node(county_database or work_dir / "county.sqlite3", COUNTY)
         _, city_tickets, _ = await _read_node(work_dir / "city.sqlite3", CITY)
         behind = [t for t in county_tickets.values()
                   if t.ticket_id not in city_tickets or city_tickets[t.ticket_id].last_seq < t.last_seq]

@@ -37,6 +37,8 @@ AMI_USERNAME = "hotline"
 # Core sound played by the 12349 fallback branch when the instance has no fallback prompt.
 # NOTE: Debian ships core sounds in English only, so a caller hears English in that case.
 CORE_FALLBACK_SOUND = "sorry-youre-having-problems"
+# FastAGI route and flow parameter of the hotline number, the same for primary and standby.
+HOTLINE_AGI_PATH = "ivr/12349?flow=12349"
 # Q.850 cause 41 (temporary failure) marks calls that ended in the fallback branch, so a
 # SIP caller can tell them apart from a normal end (cause 16) by the BYE's Reason header.
 FALLBACK_HANGUP_CAUSE = 41
@@ -45,7 +47,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _SIP_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Characters a pjsip.conf value cannot carry: ";" starts a comment and line breaks end it.
 _CONFIG_UNSAFE = re.compile(r"[;\r\n\0]")
-_PROMPT_ID = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+_PROMPT_ID = re.compile(r"^[A-Za-z0-9_@-]+(/[A-Za-z0-9_@-]+)*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
 _STARTUP_TIMEOUT_S = 30.0
@@ -159,7 +161,9 @@ class AsteriskInstance:
     """One Asterisk process running in the chroot ``root`` with its own configuration and ports.
 
     ``rtp_ports`` is the inclusive (first, last) RTP port range. Calls to 12349 go to the
-    FastAGI server expected on 127.0.0.1:``fastagi_port``. ``prompt_dir`` is a host folder of
+    FastAGI server expected on 127.0.0.1:``fastagi_port``. With ``standby_fastagi_port`` a
+    call the primary controller cannot accept goes to the standby controller on that port
+    before the fallback. ``prompt_dir`` is a host folder of
     prompt files (8 kHz mono 16-bit WAV), copied into the instance at start. With
     ``test_extensions`` the dialplan also contains ``baseline`` and one ``call-<endpoint_id>``
     extension per agent. ``extra_modules`` and ``extra_config_files`` (file name to text)
@@ -175,6 +179,7 @@ class AsteriskInstance:
         ami_port: int,
         rtp_ports: tuple[int, int],
         fastagi_port: int,
+        standby_fastagi_port: int | None = None,
         agents: Iterable[AgentEndpoint] = (),
         prompt_dir: Path | None = None,
         base_dir: PurePosixPath = DEFAULT_BASE_DIR,
@@ -199,6 +204,7 @@ class AsteriskInstance:
         self.ami_port = ami_port
         self.rtp_ports = (first_rtp, last_rtp)
         self.fastagi_port = fastagi_port
+        self.standby_fastagi_port = standby_fastagi_port
         self.agents = tuple(agents)
         for agent in self.agents:
             _check_agent(agent)
@@ -306,6 +312,7 @@ class AsteriskInstance:
                 "extensions.conf",
                 "cdr.conf",
                 "cel.conf",
+                "musiconhold.conf",
             )
         }
         for file_name, text in self.extra_config_files.items():
@@ -363,6 +370,15 @@ class AsteriskInstance:
             "ami_username": AMI_USERNAME,
             "ami_secret": self._ami_secret,
             "fastagi_port": self.fastagi_port,
+            "hotline_agi_url": f"agi://{net.LOOPBACK}:{self.fastagi_port}/{HOTLINE_AGI_PATH}",
+            "standby_agi_url": (
+                f"agi://{net.LOOPBACK}:{self.standby_fastagi_port}/{HOTLINE_AGI_PATH}"
+                if self.standby_fastagi_port is not None else ""
+            ),
+            "standby_feature_agi_url": (
+                f"agi://{net.LOOPBACK}:{self.standby_fastagi_port}/acd/feature"
+                if self.standby_fastagi_port is not None else ""
+            ),
             "agents": "".join(agent_blocks),
             "fallback_sound": self._sound_or_core(self.fallback_prompt_id, core=CORE_FALLBACK_SOUND),
             "fallback_hangup_cause": FALLBACK_HANGUP_CAUSE,
