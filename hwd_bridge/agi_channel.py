@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -59,6 +61,20 @@ _LIVE_CHANNEL_STATES: Final = frozenset({4, 5, 6})
 _DIGIT_COMMANDS: Final = frozenset({"GET DATA", "STREAM FILE", "WAIT FOR DIGIT", "GET OPTION"})
 
 _VARIABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_()\-.:]+$")
+
+# Receives (command name, seconds from sending the command to its complete reply) for every
+# command that got a reply. None, the default, skips the clock reads.
+RoundTripObserver = Callable[[str, float], None]
+_round_trip_observer: RoundTripObserver | None = None
+
+
+def set_round_trip_observer(observer: RoundTripObserver | None) -> None:
+    """Install ``observer`` for the AGI round trips of every channel in this process, or remove it with None.
+
+    Only the load benchmark (benchmarks/load_controller.py) installs one.
+    """
+    global _round_trip_observer
+    _round_trip_observer = observer
 
 
 class EndReason(enum.Enum):
@@ -290,12 +306,16 @@ class AgiChannel:
 
         self._in_flight = name
         completed = False
+        observer = _round_trip_observer
         try:
             self._trace_command(name, args)
+            sent_at = time.perf_counter() if observer is not None else 0.0
             await self._write(name, line)
             async with asyncio.timeout(limit_s):
                 reply = await self._read_reply(name)
             completed = True
+            if observer is not None:
+                observer(name, time.perf_counter() - sent_at)
         except TimeoutError:
             self._unusable_reason = f"{name} timed out after {limit_s:g} s"
             raise AgiCommandTimeout(
@@ -370,6 +390,10 @@ class AgiChannel:
     # --- Trace ------------------------------------------------------------------------------
 
     def _trace_command(self, name: str, args: Sequence[str | int]) -> None:
+        # Masking every argument costs more than the command itself, so skip it when the
+        # trace would be dropped anyway.
+        if not log.is_enabled_for(logging.DEBUG):
+            return
         if name == "SET VARIABLE" and len(args) == 2:
             shown: list[str] = [str(args[0]), f"<{len(str(args[1]))} chars>"]
         else:
