@@ -47,6 +47,18 @@ _RECORDING_NAME_RE = re.compile(r"[^A-Za-z0-9_\-]")
 # Record's RECORD_STATUS values (Asterisk 22 app_record.c) that mean nothing was kept.
 _RECORD_FAILED = frozenset({"ERROR", ""})
 
+# RECORD FILE writes the wav format at the channel's 8 kHz, so endpos counts 8 kHz samples.
+_RECORD_SAMPLE_RATE_HZ: Final = 8000
+
+# A music-on-hold class name from musiconhold.conf; a comma would add StartMusicOnHold arguments.
+_MUSIC_CLASS_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# AST_STATE_* values of a channel that is still up: ringing (4, 5) or up (6).
+_LIVE_CHANNEL_STATES: Final = frozenset({4, 5, 6})
+
+# Time allowed beyond WAIT FOR DIGIT's own timeout for its reply to arrive.
+_WAIT_REPLY_MARGIN_S: Final = 5.0
+
 # An answered Dial lasts as long as the conversation, so its reply may take this long.
 DEFAULT_MAX_TALK_S: Final = 4 * 3600.0
 
@@ -78,14 +90,18 @@ class AgiCallPort:
         fallback_prompt_id: str | None = None,
         max_talk_s: float = DEFAULT_MAX_TALK_S,
         recording_dir: str = "hotline-messages",
+        answer_dir: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        call_recording_dir: str = "hotline-calls",
     ) -> None:
         self._channel = channel
         self._prompt_path = prompt_path
         self._fallback_prompt_id = fallback_prompt_id
         self._max_talk_s = max_talk_s
         self._recording_dir = recording_dir
+        self._answer_dir = answer_dir
         self._clock = clock
+        self._call_recording_dir = call_recording_dir
 
     async def answer(self) -> None:
         await self._call(self._channel.answer())
@@ -162,20 +178,47 @@ class AgiCallPort:
         log.info("recording finished", file=file_name, record_status=status, seconds=round(spoken, 1))
         return RecordingResult(file_name=file_name, duration_s=max(min(spoken, float(max_seconds)), 0.0))
 
+    async def record_answer(self, name: str, *, max_seconds: int, silence_s: int = 1) -> RecordingResult:
+        """Record a short spoken answer for the speech recogniser with RECORD FILE, after a beep.
+
+        Recording stops after ``silence_s`` seconds of silence, on ``#`` or after
+        ``max_seconds``. The file is ``<answer_dir>/<name>.wav`` (8 kHz mono 16-bit) and
+        ``duration_s`` is its length from ``endpos``. ``answer_dir`` must be an absolute
+        folder that exists on the switch: Asterisk 22's RECORD FILE neither creates folders
+        nor finds relative ones, and answers ``200 result=-1 (writefile)``, which raises
+        ``CallPortError``. A hang-up raises ``CallEnded``.
+        """
+        if max_seconds <= 0 or silence_s <= 0:
+            raise ValueError(f"max_seconds and silence_s must be positive, got {max_seconds} and {silence_s}")
+        if self._answer_dir is None or not self._answer_dir.startswith("/"):
+            raise ValueError(f"record_answer needs an absolute answer_dir on the switch, got {self._answer_dir!r}")
+        stem = f"{self._answer_dir}/{_RECORDING_NAME_RE.sub('-', name)}"
+        reply = await self._call(self._channel.run_command(
+            "RECORD FILE", stem, "wav", "#", max_seconds * 1000, "BEEP", f"s={silence_s}",
+            timeout_s=max_seconds + 30,
+        ))
+        samples = max(reply.endpos or 0, 0)
+        log.info("answer recorded", file=f"{stem}.wav", reason=reply.data, samples=samples)
+        return RecordingResult(file_name=f"{stem}.wav", duration_s=samples / _RECORD_SAMPLE_RATE_HZ)
+
     async def _dial(self, target: str, endpoint: str, ring_timeout_s: int) -> DialResult:
         if ring_timeout_s <= 0:
             raise ValueError(f"ring_timeout_s must be positive, got {ring_timeout_s}")
 
         # Step 1: dial. The reply comes when the far end did not answer or the call ended.
+        # Option g keeps the caller's channel up when the far end hangs up first, so the
+        # flow goes on (a survey, a goodbye) instead of Asterisk hanging up on the caller.
         timeout_s = ring_timeout_s + self._max_talk_s
+        started = self._clock()
         result = await self._call(
-            self._channel.exec("Dial", f"{target},{ring_timeout_s}", timeout_s=timeout_s)
+            self._channel.exec("Dial", f"{target},{ring_timeout_s},g", timeout_s=timeout_s)
         )
+        dial_seconds = self._clock() - started
         if result < 0:
             # The caller hung up, while the agent rang or after they talked. The AGI still
             # runs on the dead channel, so DIALSTATUS tells which.
             self._channel.mark_ended(EndReason.HANGUP_RESULT)
-            answered = await self._dial_outcome_after_hangup(endpoint)
+            answered = await self._dial_outcome_after_hangup(endpoint, dial_seconds)
             if answered is not None:
                 return answered
             log.info("caller hung up during Dial", endpoint=endpoint, dial_result=result)
@@ -185,12 +228,12 @@ class AgiCallPort:
         status_text = await self._call(self._channel.get_variable("DIALSTATUS"))
         answered_text = await self._call(self._channel.get_variable("ANSWEREDTIME"))
         status = _DIAL_STATUSES.get(status_text or "", DialStatus.FAILED)
-        talk_seconds = _parse_seconds(answered_text)
+        talk_seconds = _talk_seconds(answered_text, dial_seconds)
 
         log.info("Dial finished", endpoint=endpoint, dial_status=status_text, talk_seconds=talk_seconds)
         return DialResult(status=status, answered=status is DialStatus.ANSWERED, talk_seconds=talk_seconds)
 
-    async def _dial_outcome_after_hangup(self, endpoint: str) -> DialResult | None:
+    async def _dial_outcome_after_hangup(self, endpoint: str, dial_seconds: float) -> DialResult | None:
         """Return the answered Dial's result when the caller hung up after talking, else None."""
         try:
             status_text = await self._channel.get_variable_after_hangup("DIALSTATUS")
@@ -201,9 +244,68 @@ class AgiCallPort:
 
         if status_text != "ANSWER":
             return None
-        talk_seconds = _parse_seconds(answered_text)
+        talk_seconds = _talk_seconds(answered_text, dial_seconds)
         log.info("caller hung up after talking to agent", endpoint=endpoint, talk_seconds=talk_seconds)
         return DialResult(status=DialStatus.ANSWERED, answered=True, talk_seconds=talk_seconds)
+
+    async def start_hold_music(self, music_class: str) -> None:
+        """Run ``StartMusicOnHold(<class>)``, which returns at once while the music keeps playing.
+
+        A class missing from musiconhold.conf leaves the caller in silence; Asterisk logs a
+        warning, and a failed result is logged here too, because the call can go on.
+        """
+        if not _MUSIC_CLASS_RE.match(music_class):
+            raise ValueError(f"invalid music-on-hold class {music_class!r}: use lowercase letters, digits and '_'")
+        await self._exec_optional("StartMusicOnHold", music_class)
+
+    async def stop_hold_music(self) -> None:
+        await self._exec_optional("StopMusicOnHold", "")
+
+    async def _exec_optional(self, application: str, arguments: str) -> None:
+        """Run an application the call can do without: a failed result on a live channel is only logged.
+
+        EXEC returns -1 both for a hang-up and for some application failures, so CHANNEL
+        STATUS decides which it was.
+        """
+        result = await self._call(self._channel.exec(application, arguments))
+        if result >= 0:
+            return
+        state = await self._call(self._channel.channel_status())
+        if state not in _LIVE_CHANNEL_STATES:
+            self._channel.mark_ended(EndReason.HANGUP_RESULT)
+            raise CallEnded(f"caller hung up during {application}")
+        log.warning("application failed, call continues", application=application, arguments=arguments,
+                    result=result)
+
+    async def wait_for_key(self, timeout_ms: int) -> str | None:
+        """Send ``WAIT FOR DIGIT <timeout_ms>``: result 0 is a timeout, -1 a hang-up, else the key's code."""
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be positive, got {timeout_ms}")
+        reply = await self._call(self._channel.run_command(
+            "WAIT FOR DIGIT", timeout_ms, timeout_s=timeout_ms / 1000 + _WAIT_REPLY_MARGIN_S,
+            minus_one_is_failure=False,
+        ))
+        code = reply.result_int
+        if code is None:
+            raise CallPortError(f"invalid WAIT FOR DIGIT result {reply.result!r}")
+        if code < 0:
+            self._channel.mark_ended(EndReason.HANGUP_RESULT)
+            raise CallEnded("caller hung up during WAIT FOR DIGIT")
+        return chr(code) if code > 0 else None
+
+    async def start_call_recording(self, name: str) -> str:
+        """Run ``MixMonitor(<call_recording_dir>/<name>.wav,b)`` and return that file name.
+
+        A relative folder is under Asterisk's ``astspooldir/monitor``, and MixMonitor
+        creates it. Option ``b`` records only while the channel is bridged, so the wait
+        before the agent answers is not kept. The file is complete once the call ends.
+        """
+        file_name = f"{self._call_recording_dir}/{_RECORDING_NAME_RE.sub('-', name)}.wav"
+        # A recording that cannot start must not cost the caller the agent: a failure on a
+        # live channel is logged, and the ticket desk later logs the missing file.
+        await self._exec_optional("MixMonitor", f"{file_name},b")
+        log.info("call recording started", file=file_name)
+        return file_name
 
     async def set_call_variable(self, name: str, value: str) -> None:
         await self._call(self._channel.set_variable(name, value))
@@ -258,3 +360,13 @@ def _parse_seconds(value: str | None) -> float:
         return max(float(value), 0.0)
     except ValueError:
         return 0.0
+
+
+def _talk_seconds(answered_text: str | None, dial_seconds: float) -> float:
+    """Return the talk time of an answered Dial, never longer than the Dial itself lasted.
+
+    After a bridge that the far end ended, Asterisk 22 has been seen to set ANSWEREDTIME
+    to the time since the caller's own answer (93 s for a 3 s conversation), so the time
+    Dial ran, measured here, caps it.
+    """
+    return round(min(_parse_seconds(answered_text), max(dial_seconds, 0.0)), 1)

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape
 import structlog
 
 from stack import net
-from stack.rtp_events import EVENT_CODES, write_event_pcap
+from stack.rtp_events import EVENT_CODES, write_event_pcap, write_voice_pcap
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,18 @@ class Dtmf:
             raise ValueError(f"invalid DTMF digit {self.digit!r}: use 0-9, * or #")
 
 
-CallerStep = Pause | Dtmf
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """Send ``ms`` milliseconds of a steady tone, as a caller speaking a message would.
+
+    A caller sends at most one tone, after its last key press: see
+    ``stack.rtp_events.voice_packets``.
+    """
+
+    ms: int
+
+
+CallerStep = Pause | Dtmf | Voice
 
 
 def dial_keys(keys: str, *, gap_ms: int = 0) -> tuple[CallerStep, ...]:
@@ -248,10 +259,18 @@ Content-Length: 0
         _log("ANSWERED [call_id]"),
     ]
 
+    voices = [index for index, step in enumerate(steps) if isinstance(step, Voice)]
+    if len(voices) > 1 or (voices and any(isinstance(step, Dtmf) for step in steps[voices[0]:])):
+        raise ValueError("a caller sends at most one tone (Voice), after its last key press (Dtmf)")
+
     # Every wait is a BYE receive with a timeout, so a far-end hangup ends any step.
     presses = 0
     for index, step in enumerate(steps):
-        if isinstance(step, Dtmf):
+        if isinstance(step, Voice):
+            pcap = write_voice_pcap(pcap_dir / f"voice{index}.pcap", step.ms, after_presses=presses)
+            parts.append(f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
+            parts.append(_wait_for_bye(step.ms, f"step{index}"))
+        elif isinstance(step, Dtmf):
             pcap = write_event_pcap(pcap_dir / f"press{presses}.pcap", step.digit, press_index=presses)
             presses += 1
             parts.append(f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
@@ -615,6 +634,11 @@ class SippAgent:
         self.keep_files = keep_files
         self._owns_dir = False
         self._uas: _SippProcess | None = None
+
+    @property
+    def password(self) -> str:
+        """The digest password, for a test that places a call from this agent's account."""
+        return self._password
 
     @property
     def contact_uri(self) -> str:

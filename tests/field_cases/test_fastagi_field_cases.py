@@ -617,7 +617,7 @@ class TestHangupDuringDial:
         with structlog.testing.capture_logs() as logs:
             peer = await FakeAsterisk.start_call(server.port)
             await peer.expect(b"ANSWER\n", b"200 result=0\n")
-            await peer.expect(b'EXEC "Dial" "PJSIP/agent1,20"\n', after_dial)
+            await peer.expect(b'EXEC "Dial" "PJSIP/agent1,20,g"\n', after_dial)
             if close:
                 await peer.close()
             else:
@@ -642,7 +642,7 @@ class TestHangupDuringDial:
         outcomes: list[Any] = []
 
         async def handler(env: AgiEnvironment, channel: AgiChannel) -> None:
-            port = AgiCallPort(channel, prompt_path)
+            port = AgiCallPort(channel, prompt_path, clock=iter([0.0, 60.0]).__next__)
             outcomes.append(await port.connect_agent("agent1", ring_timeout_s=20))
             try:
                 await port.play_prompt("goodbye")
@@ -651,7 +651,7 @@ class TestHangupDuringDial:
 
         server = await serve({"ivr/main": handler})
         peer = await FakeAsterisk.start_call(server.port)
-        await peer.expect(b'EXEC "Dial" "PJSIP/agent1,20"\n', b"HANGUP\n200 result=-1\n")
+        await peer.expect(b'EXEC "Dial" "PJSIP/agent1,20,g"\n', b"HANGUP\n200 result=-1\n")
         await peer.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (ANSWER)\n")
         await peer.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=1 (42)\n")
         await peer.expect_closed()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import secrets
 import subprocess
 import sys
 import time
@@ -19,14 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from hotline.demo import COUNTY, PROMPT_AUDIO_DIR, REPO_ROOT, _NodeProcess, prompt_seconds
-from ivr.flow_registry import FlowRegistry
-from speech.catalog import load_catalog
-from stack import net
-from stack.asterisk import AgentEndpoint, AsteriskInstance, ensure_root
-from stack.mosquitto import MosquittoBroker
-from stack.sipp import SippCaller
+from hotline.demo import COUNTY, REPO_ROOT, prompt_seconds
+from stack.sipp import EndedBy, SippCaller
 from storage.ticket_store import TicketStore
+from tests.integration.county_stack import Phone, county_stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +29,6 @@ EDITED_FLOW = BASE_FLOW.replace("title: 12349民政服务热线主流程", "titl
 BAD_FLOW = BASE_FLOW.replace("next: chose_dibao}", "next: chose_dibaoo}")
 assert EDITED_FLOW != BASE_FLOW, "flows/12349.yaml changed its title; update this test's edit"
 assert BAD_FLOW != BASE_FLOW, "flows/12349.yaml no longer jumps to chose_dibao; update this test's bad edit"
-PROMPT_IDS = frozenset(load_catalog(REPO_ROOT / "prompts" / "zh-CN.yaml"))
 # The node polls once a second and activates an edit after two equal reads.
 RELOAD_TIMEOUT_S = 10.0
 
@@ -60,47 +53,8 @@ async def _flow_versions(database: Path) -> list[str | None]:
 
 
 def test_running_node_follows_edits_and_rollback(tmp_path):
-    root = ensure_root()
-    flow_file = tmp_path / "12349.yaml"
-    flow_file.write_text(BASE_FLOW, encoding="utf-8")
-    database = tmp_path / "county.sqlite3"
-
-    broker = MosquittoBroker(port=0, work_dir=tmp_path / "broker")
-    broker.start()
-    password = secrets.token_urlsafe(12)
-    fastagi_port = net.free_port()
-    asterisk = AsteriskInstance.with_free_ports(
-        f"reload{os.getpid()}", root=root, fastagi_port=fastagi_port,
-        agents=[AgentEndpoint("agent1", "agent1", password)],
-        prompt_dir=PROMPT_AUDIO_DIR, fallback_prompt_id="system_error", test_extensions=False,
-    )
-    county = None
-    try:
-        asterisk.start()
-        secret_file = tmp_path / "ami-secret"
-        secret_file.write_text(asterisk.ami.secret, encoding="utf-8")
-        roster = tmp_path / "roster.yaml"
-        roster.write_text("- {id: agent1, name: 坐席一, endpoint: agent1, skills: [general]}\n", encoding="utf-8")
-        config = tmp_path / "county.yaml"
-        config.write_text(f"""\
-node_id: {COUNTY['node_id']}
-tier: county
-region_code: "{COUNTY['region_code']}"
-database: {database}
-parent:
-  node_id: city-test
-  broker: {{port: {broker.port}}}
-telephony:
-  fastagi: {{port: {fastagi_port}}}
-  ami: {{port: {asterisk.ami.port}, username: {asterisk.ami.username}, secret_file: {secret_file}}}
-  flow: {flow_file}
-  prompt_catalog: {REPO_ROOT / 'prompts' / 'zh-CN.yaml'}
-  prompt_sound_dir: {asterisk.instance_dir / 'sounds'}
-  roster: {roster}
-""", encoding="utf-8")
-        county = _NodeProcess("county", config, tmp_path)
-        county.start()
-        store = FlowRegistry.for_database(database, prompt_ids=PROMPT_IDS)
+    with county_stack(tmp_path, BASE_FLOW, [Phone("agent1", ("general",))]) as stack:
+        asterisk, county, flow_file, config = stack.asterisk, stack.county, stack.flow_file, stack.config
         hang_up_in_menu_ms = int((prompt_seconds("welcome") + 2.0) * 1000)
 
         def place_call(number: str) -> None:
@@ -109,9 +63,7 @@ telephony:
             results = caller.run(timeout_s=60)
             assert results and results[0].completed, f"SIPp call from {number} did not complete"
 
-        def active_version() -> str | None:
-            active = store.active()
-            return active.version if active else None
+        active_version = stack.active_version
 
         # 1. The node starts on the file named in its config.
         assert active_version() == sha(BASE_FLOW)
@@ -125,7 +77,7 @@ telephony:
         # 3. A rollback from the CLI reaches the running node through the shared store.
         rollback = subprocess.run(
             [sys.executable, "-m", "hotline", "flows", "rollback", "--config", str(config), "--operator", "值班长"],
-            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False,
         )
         assert rollback.returncode == 0, rollback.stderr
         assert f"已生效：版本 {sha(BASE_FLOW)[:12]}" in rollback.stdout
@@ -138,14 +90,8 @@ telephony:
         assert wait_until(lambda: '"flow edit rejected"' in county.log_path.read_text(encoding="utf-8"),
                           RELOAD_TIMEOUT_S), county.log_tail()
         place_call("13900000014")
-    finally:
-        if county is not None:
-            county.stop()
-        asterisk.stop(remove_files=True)
-        broker.stop()
-        broker.cleanup()
 
-    versions = asyncio.run(_flow_versions(database))
+    versions = asyncio.run(_flow_versions(stack.database))
     assert versions == [sha(BASE_FLOW), sha(EDITED_FLOW), sha(BASE_FLOW), sha(BASE_FLOW)]
     assert active_version() == sha(BASE_FLOW)
 
@@ -153,3 +99,43 @@ telephony:
                 if '"flow edit rejected"' in line]
     assert len(rejected) == 1
     assert "chose_dibaoo" in rejected[0]["issues"][0]
+
+
+# Twenty callers wait in the main menu while the edit is saved. They hang up on their own
+# well after the node has activated the edit, so each of them spans the reload.
+CONCURRENT_CALLS = 20
+
+
+def test_reload_during_concurrent_calls_drops_none(tmp_path):
+    with county_stack(tmp_path, BASE_FLOW, [Phone("agent1", ("general",))]) as stack:
+        # Long enough for the calls to outlive the edit's activation by several seconds.
+        hold_ms = int((prompt_seconds("welcome") + 10.0) * 1000)
+        callers = SippCaller(target_port=stack.asterisk.sip_port, caller_number="13900000021", steps=(),
+                             hangup_after_ms=hold_ms, wait_bye_timeout_ms=30_000,
+                             calls=CONCURRENT_CALLS, rate_per_s=CONCURRENT_CALLS, max_concurrent=CONCURRENT_CALLS)
+        callers.start()
+        try:
+            # Every call has been offered within a second at this rate; give the dialplan time to reach FastAGI.
+            time.sleep(2.0)
+            stack.flow_file.write_text(EDITED_FLOW, encoding="utf-8")
+            assert wait_until(lambda: stack.active_version() == sha(EDITED_FLOW), RELOAD_TIMEOUT_S), \
+                stack.county.log_tail()
+            activated_at = time.monotonic()
+
+            results = callers.wait(timeout_s=120)
+            finished_at = time.monotonic()
+        finally:
+            callers.close()
+
+        after = SippCaller(target_port=stack.asterisk.sip_port, caller_number="13900000022", steps=(),
+                           hangup_after_ms=int((prompt_seconds("welcome") + 2.0) * 1000),
+                           wait_bye_timeout_ms=30_000).run(timeout_s=60)
+
+    # The reload landed while the calls were still up, and each call ended when its caller hung up.
+    assert finished_at - activated_at > 2.0
+    assert len(results) == CONCURRENT_CALLS
+    assert [r.call_id for r in results if not (r.completed and r.ended_by is EndedBy.CALLER)] == []
+    assert after and after[0].completed
+
+    versions = asyncio.run(_flow_versions(stack.database))
+    assert versions == [sha(BASE_FLOW)] * CONCURRENT_CALLS + [sha(EDITED_FLOW)]

@@ -182,7 +182,7 @@ class TestAgiCallPort:
         port = AgiCallPort(pair.channel, prompt_path)
         task = asyncio.create_task(port.connect_agent("agent1", ring_timeout_s=20))
 
-        await pair.expect(b'EXEC "Dial" "PJSIP/agent1,20"\n', b"200 result=0\n")
+        await pair.expect(b'EXEC "Dial" "PJSIP/agent1,20,g"\n', b"200 result=0\n")
         await pair.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (NOANSWER)\n")
         await pair.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=0\n")
 
@@ -192,10 +192,10 @@ class TestAgiCallPort:
         assert result.talk_seconds == 0.0
 
     async def test_dial_answered_agent_hung_up(self, pair: Pair) -> None:
-        port = AgiCallPort(pair.channel, prompt_path)
+        port = AgiCallPort(pair.channel, prompt_path, clock=iter([0.0, 100.0]).__next__)
         task = asyncio.create_task(port.connect_agent("agent1", ring_timeout_s=20))
 
-        await pair.expect(b'EXEC "Dial" "PJSIP/agent1,20"\n', b"200 result=0\n")
+        await pair.expect(b'EXEC "Dial" "PJSIP/agent1,20,g"\n', b"200 result=0\n")
         await pair.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (ANSWER)\n")
         await pair.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=1 (95)\n")
 
@@ -203,6 +203,18 @@ class TestAgiCallPort:
         assert result.status is DialStatus.ANSWERED
         assert result.answered
         assert result.talk_seconds == 95.0
+
+    async def test_dial_talk_time_capped_by_dial_duration(self, pair: Pair) -> None:
+        """ANSWEREDTIME counted from the caller's answer (93 s) is cut to the 3.2 s Dial ran."""
+        port = AgiCallPort(pair.channel, prompt_path, clock=iter([10.0, 13.2]).__next__)
+        task = asyncio.create_task(port.connect_agent("agent1", ring_timeout_s=20))
+
+        await pair.expect(b'EXEC "Dial" "PJSIP/agent1,20,g"\n', b"200 result=0\n")
+        await pair.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (ANSWER)\n")
+        await pair.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=1 (93)\n")
+
+        result = await task
+        assert result.talk_seconds == 3.2
 
     async def test_dial_rejects_injected_options(self, pair: Pair) -> None:
         port = AgiCallPort(pair.channel, prompt_path)

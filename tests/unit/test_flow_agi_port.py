@@ -44,18 +44,18 @@ async def _run(serve: Any, operation, exchange) -> list[Any]:
 
 async def test_transfer_dials_number_at_trunk(serve: Any) -> None:
     async def exchange(peer: FakeAsterisk) -> None:
-        await peer.expect(b'EXEC "Dial" "PJSIP/12349@city-trunk,30"\n', b"200 result=0\n")
+        await peer.expect(b'EXEC "Dial" "PJSIP/12349@city-trunk,30,g"\n', b"200 result=0\n")
         await peer.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (ANSWER)\n")
-        await peer.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=1 (42)\n")
+        await peer.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=1 (15)\n")
 
     results = await _run(serve, lambda port: port.transfer_outside("12349", "city-trunk", ring_timeout_s=30), exchange)
 
-    assert results == [DialResult(DialStatus.ANSWERED, answered=True, talk_seconds=42.0)]
+    assert results == [DialResult(DialStatus.ANSWERED, answered=True, talk_seconds=15.0)]
 
 
 async def test_transfer_busy_trunk(serve: Any) -> None:
     async def exchange(peer: FakeAsterisk) -> None:
-        await peer.expect(b'EXEC "Dial" "PJSIP/02155501234@carrier,20"\n', b"200 result=0\n")
+        await peer.expect(b'EXEC "Dial" "PJSIP/02155501234@carrier,20,g"\n', b"200 result=0\n")
         await peer.expect(b'GET VARIABLE "DIALSTATUS"\n', b"200 result=1 (CONGESTION)\n")
         await peer.expect(b'GET VARIABLE "ANSWEREDTIME"\n', b"200 result=0\n")
 

@@ -4,7 +4,8 @@ import struct
 
 import pytest
 
-from stack.rtp_events import END_PACKETS, SSRC, event_packets, write_event_pcap
+from stack.rtp_events import END_PACKETS, SSRC, event_packets, voice_packets, write_event_pcap
+from stack.sipp import Dtmf, Voice, build_caller_scenario
 
 
 def _fields(packet: bytes) -> tuple[int, int, int, int, int, int, int]:
@@ -52,3 +53,39 @@ def test_pcap_file_layout(tmp_path):
     assert linktype == 1
     _, _, incl, orig = struct.unpack("<IIII", data[24:40])
     assert incl == orig == 14 + 20 + 8 + 16
+
+
+def test_voice_follows_the_presses_in_the_same_stream():
+    """A tone after three presses continues their stream: same SSRC, higher numbers, PCMU."""
+    last_press = [_fields(p) for p in event_packets("1", press_index=2)]
+    voice = voice_packets(1000, after_presses=3)
+
+    headers = [struct.unpack("!BBHII", packet[:12]) for packet in voice]
+    assert len(voice) == 50
+    assert headers[0][1] == 0x80  # marker bit, payload type 0 (PCMU)
+    assert {h[4] for h in headers} == {SSRC}
+    assert headers[0][2] > max(p[1] for p in last_press)
+    assert headers[0][3] > last_press[0][2]
+    assert [h[2] for h in headers] == list(range(headers[0][2], headers[0][2] + 50))
+    assert all(len(packet) == 12 + 160 for packet in voice)
+
+
+def test_voice_is_a_tone_not_silence():
+    """Mu-law silence is 0xFF; a tone swings far from it in every packet."""
+    for packet in voice_packets(200, after_presses=0):
+        samples = packet[12:]
+        assert len(set(samples)) > 10
+
+
+def test_caller_scenario_refuses_keys_after_the_tone(tmp_path):
+    with pytest.raises(ValueError, match="after its last key press"):
+        build_caller_scenario(caller_number="13900000001", steps=[Voice(500), Dtmf("1")], hangup_after_ms=None,
+                              wait_bye_timeout_ms=1000, pcap_dir=tmp_path)
+
+
+def test_caller_scenario_plays_the_tone(tmp_path):
+    scenario = build_caller_scenario(caller_number="13900000001", steps=[Dtmf("3"), Voice(500)],
+                                     hangup_after_ms=None, wait_bye_timeout_ms=1000, pcap_dir=tmp_path)
+
+    assert f'play_pcap_audio="{tmp_path / "voice1.pcap"}"' in scenario
+    assert (tmp_path / "voice1.pcap").stat().st_size > 25 * 172

@@ -1,0 +1,124 @@
+"""Test harness: one county `hotline run` process on its own Asterisk, with the test's flow file.
+
+Lighter than ``hotline.demo.DemoStack``: no city node (the county's parent broker runs, so
+its outbox connects, but nothing reads it), a flow written by the test, and SIP phones that
+are either roster agents or other endpoints such as a trunk toward the city's switch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hotline.demo import COUNTY, PROMPT_AUDIO_DIR, REPO_ROOT, _NodeProcess
+from ivr.flow_registry import FlowRegistry
+from speech.catalog import load_catalog
+from stack import net
+from stack.asterisk import AgentEndpoint, AsteriskInstance, ensure_root
+from stack.mosquitto import MosquittoBroker
+from stack.sipp import SippAgent
+
+PROMPT_IDS = frozenset(load_catalog(REPO_ROOT / "prompts" / "zh-CN.yaml"))
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    """A SIP endpoint on the test switch.
+
+    With ``skills`` it is a roster agent; without, another endpoint (a trunk toward the
+    city's switch, say). ``talk_ms`` None means no phone registers for it.
+    """
+
+    endpoint: str
+    skills: tuple[str, ...] = ()
+    talk_ms: int | None = None
+
+
+@dataclass
+class CountyStack:
+    asterisk: AsteriskInstance
+    county: _NodeProcess
+    flow_file: Path
+    database: Path
+    config: Path
+    store: FlowRegistry
+    phones: dict[str, SippAgent] = field(default_factory=dict)
+
+    def active_version(self) -> str | None:
+        active = self.store.active()
+        return active.version if active else None
+
+
+@contextmanager
+def county_stack(tmp_path: Path, flow_text: str, phones: Sequence[Phone], *,
+                 acd_settings: str = "wrap_up_s: 2\n") -> Iterator[CountyStack]:
+    """Start broker, Asterisk, the county node and the registered phones; stop them in reverse."""
+    root = ensure_root()
+    flow_file = tmp_path / "flow.yaml"
+    flow_file.write_text(flow_text, encoding="utf-8")
+    database = tmp_path / "county.sqlite3"
+    passwords = {phone.endpoint: secrets.token_urlsafe(12) for phone in phones}
+
+    with ExitStack() as stack:
+        broker = MosquittoBroker(port=0, work_dir=tmp_path / "broker")
+        stack.callback(broker.cleanup)
+        stack.callback(broker.stop)
+        broker.start()
+
+        fastagi_port = net.free_port()
+        asterisk = AsteriskInstance.with_free_ports(
+            f"county{os.getpid()}", root=root, fastagi_port=fastagi_port,
+            agents=[AgentEndpoint(p.endpoint, p.endpoint, passwords[p.endpoint]) for p in phones],
+            prompt_dir=PROMPT_AUDIO_DIR, fallback_prompt_id="system_error", test_extensions=False,
+        )
+        stack.callback(asterisk.stop, remove_files=True)
+        asterisk.start()
+
+        secret_file = tmp_path / "ami-secret"
+        secret_file.write_text(asterisk.ami.secret, encoding="utf-8")
+        roster = tmp_path / "roster.yaml"
+        roster.write_text("".join(
+            f"- {{id: {p.endpoint}, name: 坐席{p.endpoint}, endpoint: {p.endpoint}, skills: [{', '.join(p.skills)}]}}\n"
+            for p in phones if p.skills
+        ), encoding="utf-8")
+        acd = tmp_path / "acd.yaml"
+        acd.write_text(acd_settings, encoding="utf-8")
+        config = tmp_path / "county.yaml"
+        config.write_text(f"""\
+node_id: {COUNTY['node_id']}
+tier: county
+region_code: "{COUNTY['region_code']}"
+database: {database}
+parent:
+  node_id: city-test
+  broker: {{port: {broker.port}}}
+telephony:
+  fastagi: {{port: {fastagi_port}}}
+  ami: {{port: {asterisk.ami.port}, username: {asterisk.ami.username}, secret_file: {secret_file}}}
+  flow: {flow_file}
+  prompt_catalog: {REPO_ROOT / 'prompts' / 'zh-CN.yaml'}
+  prompt_sound_dir: {asterisk.instance_dir / 'sounds'}
+  roster: {roster}
+  acd_settings: {acd}
+""", encoding="utf-8")
+        county = _NodeProcess("county", config, tmp_path)
+        stack.callback(county.stop)
+        county.start()
+
+        registered = {}
+        for phone in phones:
+            if phone.talk_ms is None:
+                continue
+            agent = SippAgent(endpoint_id=phone.endpoint, username=phone.endpoint, password=passwords[phone.endpoint],
+                              registrar_port=asterisk.sip_port, talk_ms=phone.talk_ms,
+                              work_dir=tmp_path / f"sipp-{phone.endpoint}", keep_files=True)
+            stack.callback(agent.stop)
+            agent.start()
+            registered[phone.endpoint] = agent
+
+        yield CountyStack(asterisk, county, flow_file, database, config,
+                          FlowRegistry.for_database(database, prompt_ids=PROMPT_IDS), registered)
