@@ -20,7 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # at start, which on a normal host makes the kernel probe the IPv6 default router.
 ISOLATED := $(SUDO) unshare --net -- sh -c 'ip link set lo up && exec "$$@"' isolated
 
-.PHONY: all system-deps venv asterisk prompts test unit demo soak clean
+.PHONY: all system-deps venv asterisk prompts test unit demo soak bench bench-quick clean
 
 all: test
 
@@ -61,6 +61,20 @@ demo: venv asterisk prompts
 # Full-length drills: longer partitions and more kill -9 rounds than `make test` runs.
 soak: venv asterisk prompts
 	$(ISOLATED) env HOTLINE_SOAK=1 $(BIN)/pytest -q -ra
+
+# Benchmarks, each against a baseline measured in the same run (docs/benchmarks.md).
+# `bench-quick` is the short load ladder only; `bench` runs every benchmark in full.
+bench-quick: venv asterisk prompts
+	$(BIN)/pip install -q -e '.[bench]'
+	$(ISOLATED) $(BIN)/python benchmarks/load_ivr.py --quick
+
+bench: venv asterisk prompts
+	$(BIN)/pip install -q -e '.[bench]'
+	$(ISOLATED) $(BIN)/python benchmarks/load_ivr.py
+	$(BIN)/python benchmarks/ticket_write.py --tickets 2000 --callers 1 8 32
+	$(ISOLATED) $(BIN)/python benchmarks/tier_sync.py --tickets 2000 --latency-tickets 300 --rate 50
+	$(BIN)/python benchmarks/acd_routing.py --decisions 2000
+	$(BIN)/python benchmarks/profile_lookup.py --profiles 1000000 --lookups 5000
 
 clean:
 	rm -rf $(VENV) prompts/audio .pytest_cache

@@ -7,13 +7,17 @@ import click
 from hotline.logging import configure_logging
 
 from hotline.commands.acd import acd
+from hotline.commands.backup import backup, restore
+from hotline.commands.brokers import brokers
 from hotline.commands.demo import demo
 from hotline.commands.flows import flows
 from hotline.commands.profiles import profiles
 from hotline.commands.prompts import prompts
+from hotline.commands.recordings import recordings
 from hotline.commands.replay import replay
 from hotline.commands.run import run
 from hotline.commands.sla import sla
+from hotline.commands.status import status
 from hotline.commands.tickets import tickets
 
 
@@ -29,8 +33,13 @@ main.add_command(run)
 main.add_command(demo)
 main.add_command(flows)
 main.add_command(prompts)
+main.add_command(recordings)
 main.add_command(tickets)
 main.add_command(sla)
 main.add_command(profiles)
 main.add_command(acd)
 main.add_command(replay)
+main.add_command(status)
+main.add_command(brokers)
+main.add_command(backup)
+main.add_command(restore)

@@ -74,6 +74,10 @@ def _node_label(node_id: str, node: object, prompt_texts: Mapping[str, str]) -> 
     return "\n".join(lines)
 
 
+# Branch conditions on the caller's citizen profile.
+CALLER_LABELS = {"known": "已登记来电人", "open_ticket": "来电人有未办结工单"}
+
+
 def _condition_label(condition: object) -> str:
     """Describe a branch condition briefly, for example ``需求=紧急，工作日``."""
     parts = []
@@ -89,6 +93,9 @@ def _condition_label(condition: object) -> str:
     skill = getattr(condition, "agents_for", None)
     if skill:
         parts.append(f"{skill} {'有' if getattr(condition, 'agents_available', True) else '无'}坐席")
+    caller = getattr(condition, "caller", None)
+    if caller:
+        parts.append(CALLER_LABELS.get(caller, caller))
     return "，".join(parts)
 
 
@@ -123,6 +130,11 @@ def flow_graph(flow: Flow, prompt_texts: Mapping[str, str] | None = None, *, fon
 
     graph.node("__start__", "来电", shape="circle", fillcolor="#d8ecd8")
     graph.edge("__start__", flow.start)
+    # Call-start rules jump before the first node, e.g. a known caller with an open ticket.
+    for index, case in enumerate(getattr(flow.handlers, "call_start", [])):
+        condition = _condition_label(case.when)
+        graph.edge("__start__", case.next, label=f"来电规则{index + 1}：{condition}" if condition else f"来电规则{index + 1}",
+                   style="dashed")
     for node_id, node in flow.nodes.items():
         kind = str(getattr(node, "type", ""))
         graph.node(node_id, _node_label(node_id, node, texts), shape=NODE_SHAPES.get(kind, "box"))

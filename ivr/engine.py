@@ -8,18 +8,21 @@ the keys, the agent and how the call ended.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
 
-from acd.pool import AgentPool, ReleaseOutcome
+from acd.pool import AgentPool, ReleaseOutcome, Reservation
+from acd.queue_estimate import HandleTimes, QueueEstimate, estimate_queue
 from ivr.call import Call
-from ivr.entry import digit_prompts, normalize_id_number, valid_id_number, valid_phone
+from ivr.entry import normalize_id_number, valid_id_number, valid_phone
 from ivr.flow import (
     DEFAULT_SKILL,
     BranchCondition,
@@ -28,8 +31,10 @@ from ivr.flow import (
     CollectNode,
     Flow,
     HangupNode,
+    Listen,
     MenuNode,
     PlayNode,
+    QueueCallback,
     QueueNode,
     ReadBack,
     RecordNode,
@@ -45,7 +50,16 @@ from ivr.ports import (
     DialStatus,
     DigitInput,
     DigitOutcome,
+    CallerDirectory,
+    CallerProfile,
     WorkCalendar,
+)
+from ivr.recognizer import AnswerRecorder, RecognizerError, SpeechRecognizer, choice_for
+from ivr.spoken_numbers import (
+    callers_ahead_fragments,
+    digits_fragments,
+    queue_position_fragments,
+    wait_minutes_fragments,
 )
 from tickets.call_record import CallOutcome
 
@@ -62,6 +76,11 @@ LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 CONFIRM_KEY = "1"
 RETRY_KEY = "2"
 SURVEY_KEYS = frozenset("12345")
+
+# While hold music plays, the runner listens for the queue's callback key in slices of this
+# length. A slice in progress delays the dial to a newly free agent by at most this much,
+# because AGI runs one command at a time.
+QUEUE_KEY_POLL_MS = 500
 
 
 class WeekdayCalendar:
@@ -83,6 +102,21 @@ class InputProfile:
     extra_attempts: int = 0
     rendition: str | None = None
     confirm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePlace:
+    """A queued caller's place, kept after they chose a callback and hung up.
+
+    ``waiting_since`` is the runner's monotonic clock when the call first asked for an
+    agent; the ACD pool serves the callback as a call that arrived then.
+    """
+
+    skill: str
+    waiting_since: float
+    priority: int
+    needs: frozenset[str]
+    preferred_agent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +163,16 @@ class CallSession:
     callback_is_caller_number: bool = False
     survey_score: int | None = None
     transferred_to: str | None = None
+    # The caller's citizen profile when the number matched exactly one; never logged.
+    caller_profile: CallerProfile | None = None
+    # Agent the ACD keeps the call for during its preferred wait (the open ticket's agent,
+    # else the profile's preferred agent).
+    preferred_agent: str | None = None
+    # Set when the caller chose a callback in the queue; the controller keeps the place.
+    queue_place: QueuePlace | None = None
+    # The switch's file of the recorded agent conversation (MixMonitor), relative to the
+    # switch's monitor folder (astspooldir/monitor).
+    call_recording_file: str | None = None
 
     @property
     def last_node(self) -> str | None:
@@ -167,6 +211,13 @@ class _FlowLooped(Exception):
     pass
 
 
+class _CallbackChosen:
+    """Marker returned while waiting in the queue when the caller chose a callback."""
+
+
+_CALLBACK_CHOSEN = _CallbackChosen()
+
+
 class FlowRunner:
     """Runs calls through flows; one instance serves every call of a node."""
 
@@ -178,12 +229,24 @@ class FlowRunner:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utc_now,
         calendar: WorkCalendar | None = None,
+        callers: CallerDirectory | None = None,
+        recognizer: SpeechRecognizer | None = None,
+        answer_path: Callable[[str], Path] = Path,
+        handle_times: HandleTimes | None = None,
     ):
+        """``recognizer`` hears spoken menu answers on menus with ``listen``; without it
+        menus accept keys only. ``answer_path`` maps the file name the switch reports for
+        a recorded answer to the path the recogniser reads."""
+        self._recognizer = recognizer
+        self._answer_path = answer_path
         self._pool = pool
         self._hooks = hooks
         self._clock = clock
         self._wall_clock = wall_clock
         self._calendar = calendar if calendar is not None else WeekdayCalendar()
+        self._callers = callers
+        # Recent handle times per skill, for the expected wait a queued caller hears.
+        self.handle_times = handle_times if handle_times is not None else HandleTimes()
 
     async def run(self, flow: Flow, call: Call, port: CallPort) -> CallSession:
         """Run ``call`` from the flow's start node until it hangs up or the flow ends."""
@@ -193,7 +256,7 @@ class FlowRunner:
 
         try:
             await port.answer()
-            node_id: str | None = flow.start
+            node_id: str | None = await self._start_node(flow, session)
             visits = 0
             duration_reached = False
             max_duration = flow.handlers.max_duration
@@ -313,6 +376,25 @@ class FlowRunner:
             await port.play_prompt(fallback)
         return None
 
+    async def _play_sequence(
+        self, flow: Flow, prompt_ids: list[str], session: CallSession, port: CallPort, *, interrupt_keys: str = ""
+    ) -> str | None:
+        """Play pre-rendered fragments one after another; return the key that stopped them, if any.
+
+        STREAM FILE plays one file per command, so a spoken number is one command per
+        fragment. A fragment that cannot be played is recorded and skipped, because the
+        rest of the number still tells the caller more than the fallback prompt would.
+        """
+        for prompt_id in prompt_ids:
+            chosen = self._rendition(flow, session, prompt_id)
+            result = await port.play_prompt(chosen, interrupt_keys=interrupt_keys)
+            if not result.played:
+                session.prompt_failures.append(chosen)
+                log.warning("prompt fragment failed", call_id=session.call.call_id, prompt=chosen)
+            if result.digit and result.digit in interrupt_keys:
+                return result.digit
+        return None
+
     async def _ask(
         self, flow: Flow, prompt_id: str, session: CallSession, port: CallPort, *, max_digits: int, timeout_ms: int
     ) -> DigitInput:
@@ -371,13 +453,18 @@ class FlowRunner:
         for attempt in range(1, attempts + 1):
             entry = await self._ask(flow, node.prompt, session, port, max_digits=1, timeout_ms=node.timeout_ms)
 
-            at_ms = int((self._clock() - started) * 1000)
             key = entry.digits[:1]
+            spoken = False
+            if not key and node.listen is not None:
+                key = await self._listen(flow, node_id, node.listen, session, port)
+                spoken = bool(key)
+            at_ms = int((self._clock() - started) * 1000)
             choice = node.choices.get(key) if key else None
 
             if choice is not None:
                 session.keys.append(KeyPress(node_id, key, "accepted", at_ms))
-                log.info("menu choice", call_id=session.call.call_id, node=node_id, key=key, attempt=attempt)
+                log.info("menu choice", call_id=session.call.call_id, node=node_id, key=key, attempt=attempt,
+                         spoken=spoken)
                 if choice.skill:
                     session.skill = choice.skill
                 if choice.category:
@@ -402,6 +489,37 @@ class FlowRunner:
 
         log.info("menu attempts exhausted", call_id=session.call.call_id, node=node_id, target=node.on_exhausted)
         return node.on_exhausted
+
+    async def _listen(self, flow: Flow, node_id: str, listen: Listen, session: CallSession, port: CallPort) -> str:
+        """Record a spoken answer and return the key its word stands for, or "" for none.
+
+        Without a recogniser, or on a port that cannot record, the menu stays keys-only.
+        A failed recording or recognition is logged and counts as no input.
+        """
+        if self._recognizer is None or not isinstance(port, AnswerRecorder):
+            return ""
+        call_id = session.call.call_id
+
+        if listen.prompt is not None:
+            await self._play(flow, listen.prompt, session, port)
+        try:
+            recording = await port.record_answer(f"{call_id}-{node_id}", max_seconds=listen.max_seconds,
+                                                 silence_s=listen.silence_s)
+        except CallPortError as error:
+            log.warning("answer recording failed, keys only", call_id=call_id, node=node_id, error=str(error))
+            return ""
+        if recording.duration_s <= 0:
+            return ""
+
+        try:
+            recognition = await self._recognizer.recognize(self._answer_path(recording.file_name), list(listen.words))
+        except RecognizerError as error:
+            log.warning("speech recognition failed, keys only", call_id=call_id, node=node_id, error=str(error))
+            return ""
+        key = choice_for(recognition, listen.words) or ""
+        log.info("spoken answer", call_id=call_id, node=node_id, word=recognition.word, key=key or None,
+                 elapsed_ms=recognition.elapsed_ms)
+        return key
 
     async def _run_collect(
         self, flow: Flow, node_id: str, node: CollectNode, session: CallSession, port: CallPort, started: float
@@ -470,13 +588,14 @@ class FlowRunner:
         if read_back is None or (read_back.when == "need" and not profile.confirm):
             return True
 
-        await self._play(flow, read_back.prompt, session, port)
-        for digit_prompt in digit_prompts(value):
-            await self._play(flow, digit_prompt, session, port)
-        answer = await self._ask(flow, read_back.confirm_prompt, session, port, max_digits=1, timeout_ms=8000)
-        confirmed = answer.digits[:1] == CONFIRM_KEY
-        log.info("read-back answered", call_id=session.call.call_id, confirmed=confirmed,
-                 retry=answer.digits[:1] == RETRY_KEY)
+        # A caller who already knows the answer may press 1 or 2 during the read-back.
+        fragments = [read_back.prompt, *digits_fragments(value)]
+        key = await self._play_sequence(flow, fragments, session, port, interrupt_keys=CONFIRM_KEY + RETRY_KEY)
+        if key is None:
+            answer = await self._ask(flow, read_back.confirm_prompt, session, port, max_digits=1, timeout_ms=8000)
+            key = answer.digits[:1]
+        confirmed = key == CONFIRM_KEY
+        log.info("read-back answered", call_id=session.call.call_id, confirmed=confirmed, retry=key == RETRY_KEY)
         return confirmed
 
     async def _run_set(self, node_id: str, node: SetNode, session: CallSession) -> str:
@@ -515,7 +634,45 @@ class FlowRunner:
             return False
         if when.agents_for is not None and self._pool.has_agent_for(when.agents_for) != when.agents_available:
             return False
+        if when.caller == "known" and session.caller_profile is None:
+            return False
+        if when.caller == "open_ticket" and (session.caller_profile is None
+                                             or session.caller_profile.open_ticket is None):
+            return False
         return True
+
+    # Call start: the caller's profile and the flow's call-start cases.
+
+    async def _start_node(self, flow: Flow, session: CallSession) -> str:
+        """Look the caller up, apply their profile to the session and return the first node to run."""
+        await self._apply_caller_profile(session)
+        for index, case in enumerate(flow.handlers.call_start):
+            if self._holds(case.when, session):
+                log.info("call-start case taken", call_id=session.call.call_id, case=index, target=case.next)
+                return case.next
+        return flow.start
+
+    async def _apply_caller_profile(self, session: CallSession) -> None:
+        """Add a known caller's need tags, preferred agent and open ticket's skill to the session."""
+        if self._callers is None:
+            return
+        profile = await self._callers.find_caller(session.call.call_id, session.call.caller.number)
+        if profile is None:
+            return
+
+        session.caller_profile = profile
+        session.needs.update(profile.need_tags)
+        session.preferred_agent = profile.preferred_agent
+        ticket = profile.open_ticket
+        if ticket is not None:
+            if ticket.skill:
+                session.skill = ticket.skill
+            if ticket.agent_id:
+                session.preferred_agent = ticket.agent_id
+            session.fields["related_ticket_id"] = ticket.ticket_id
+        # Need tags are sensitive, so only their count is logged.
+        log.info("caller profile applied", call_id=session.call.call_id, need_count=len(profile.need_tags),
+                 preferred_agent=session.preferred_agent, open_ticket=ticket.ticket_id if ticket else None)
 
     async def _run_transfer(self, flow: Flow, node: TransferNode, session: CallSession, port: CallPort) -> str:
         await self._play(flow, node.prompt, session, port)
@@ -615,25 +772,47 @@ class FlowRunner:
             return node.on_no_agent
 
         await self._play(flow, node.prompt, session, port)
-        deadline = self._clock() + node.max_wait_s
+        if node.recording_notice:
+            await self._play(flow, node.recording_notice, session, port)
+        queued_at = self._clock()
+        deadline = queued_at + node.max_wait_s
         declined: set[str] = set()
+        callback = self._queue_callback(node, session)
 
-        # NOTE: the caller hears silence between announcements because AGI runs one command
-        # at a time. Music on hold needs the switch to play it while the controller waits.
+        # Tell the caller where they stand at once, unless an agent is free for them now. The
+        # first reserve also puts the call in the pool's waiting list, so callers arriving
+        # during this announcement count it as ahead of them.
+        free_now: Reservation | None = None
+        if node.announce_position:
+            free_now = await self._reserve(session, declined, timeout_s=0)
+            if free_now is None and await self._announce_queue(flow, node, session, port, callback,
+                                                               with_wait_prompt=False):
+                return await self._keep_place(flow, callback, session, port, queued_at)
+
         while (remaining := deadline - self._clock()) > 0:
-            reservation = await self._pool.reserve(
-                call_id, skill, timeout_s=min(remaining, node.announce_every_s), exclude=declined,
-                priority=session.priority,
-            )
+            if free_now is not None:
+                waited: Reservation | None | _CallbackChosen = free_now
+                free_now = None
+            else:
+                waited = await self._wait_for_agent(node, session, port, callback, declined,
+                                                    timeout_s=min(remaining, node.announce_every_s))
+            if waited is _CALLBACK_CHOSEN:
+                return await self._keep_place(flow, callback, session, port, queued_at)
+            reservation = waited
             if reservation is None:
-                if deadline - self._clock() > 0:
-                    await self._play(flow, node.wait_prompt, session, port)
+                if deadline - self._clock() > 0 and await self._announce_queue(flow, node, session, port, callback):
+                    return await self._keep_place(flow, callback, session, port, queued_at)
                 continue
 
             # A caller who hangs up while the agent rings leaves the outcome at ABANDONED, so
             # the pool does not pause the agent for a ring-no-answer.
             release_outcome = ReleaseOutcome.ABANDONED
             try:
+                if self._callers is not None and session.caller_profile is not None:
+                    await self._callers.agent_ringing(call_id, reservation.agent_id, session.caller_profile)
+                if node.recording_notice and session.call_recording_file is None:
+                    # The caller heard the notice on entry; the recording covers the bridge only.
+                    session.call_recording_file = await port.start_call_recording(f"call-{call_id}")
                 result = await port.connect_agent(reservation.endpoint, ring_timeout_s=node.ring_timeout_s)
                 release_outcome = _release_outcome(result)
             finally:
@@ -644,6 +823,7 @@ class FlowRunner:
                 session.outcome = CallOutcome.ANSWERED
                 session.talk_seconds = result.talk_seconds
                 session.answered_at = self._wall_clock() - timedelta(seconds=result.talk_seconds)
+                self.handle_times.record(skill, result.talk_seconds + self._pool.settings.wrap_up_s)
                 log.info("agent call ended", call_id=call_id, agent_id=reservation.agent_id,
                          talk_s=round(result.talk_seconds, 1))
                 await self._hooks.agent_answered(session)
@@ -662,3 +842,127 @@ class FlowRunner:
         session.outcome = CallOutcome.NO_AGENT
         log.info("no agent within queue limit", call_id=call_id, skill=skill, max_wait_s=node.max_wait_s)
         return node.on_no_agent
+
+    @staticmethod
+    def _queue_callback(node: QueueNode, session: CallSession) -> QueueCallback | None:
+        """Return the queue's callback offer, or None when there is none or no number to call back."""
+        if node.callback is None or not session.call.caller.number:
+            return None
+        return node.callback
+
+    async def _reserve(self, session: CallSession, declined: set[str], *, timeout_s: float) -> Reservation | None:
+        return await self._pool.reserve(
+            session.call.call_id, session.skill or DEFAULT_SKILL, timeout_s=timeout_s, exclude=declined,
+            priority=session.priority, needs=frozenset(session.needs), preferred_agent=session.preferred_agent,
+        )
+
+    async def _wait_for_agent(
+        self, node: QueueNode, session: CallSession, port: CallPort, callback: QueueCallback | None,
+        declined: set[str], *, timeout_s: float,
+    ) -> Reservation | None | _CallbackChosen:
+        """Wait up to ``timeout_s`` for an agent, with hold music and the callback key when the node has them.
+
+        Returns the reservation, None on timeout, or ``_CALLBACK_CHOSEN`` when the caller
+        pressed the callback key and no agent was reserved meanwhile.
+        """
+        if node.hold_music is None and callback is None:
+            return await self._reserve(session, declined, timeout_s=timeout_s)
+
+        # An agent free right now takes the call without a burst of music first.
+        reservation = await self._reserve(session, declined, timeout_s=0)
+        if reservation is not None:
+            return reservation
+
+        waiting = asyncio.ensure_future(self._reserve(session, declined, timeout_s=timeout_s))
+        chosen = False
+        try:
+            if node.hold_music is not None:
+                await port.start_hold_music(node.hold_music)
+            chosen = await self._listen_while_waiting(waiting, callback, port)
+        finally:
+            # The caller hung up or chose a callback: cancelling frees an agent reserved meanwhile.
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.wait({waiting})
+
+        # The agent's ring replaces the music, so it stops before the dial.
+        if node.hold_music is not None:
+            await port.stop_hold_music()
+        if waiting.cancelled():
+            return _CALLBACK_CHOSEN
+        reservation = waiting.result()
+        if chosen and reservation is None:
+            return _CALLBACK_CHOSEN
+        # An agent reserved while the key was pressed takes precedence over the callback.
+        return reservation
+
+    @staticmethod
+    async def _listen_while_waiting(waiting: asyncio.Future[Reservation | None], callback: QueueCallback | None,
+                                    port: CallPort) -> bool:
+        """Listen for the callback key until ``waiting`` is done; return True when the caller pressed it."""
+        if callback is None:
+            await asyncio.wait({waiting})
+            return False
+        while not waiting.done():
+            key = await port.wait_for_key(QUEUE_KEY_POLL_MS)
+            if key == callback.key:
+                return True
+        return False
+
+    async def _announce_queue(
+        self, flow: Flow, node: QueueNode, session: CallSession, port: CallPort, callback: QueueCallback | None,
+        *, with_wait_prompt: bool = True,
+    ) -> bool:
+        """Play the queue announcement: place and wait, the wait prompt, the callback offer.
+
+        Returns True when the caller pressed the callback key during it.
+        """
+        if not node.announce_position and callback is None:
+            await self._play(flow, node.wait_prompt, session, port)
+            return False
+
+        fragments = self._position_fragments(session) if node.announce_position else []
+        if with_wait_prompt:
+            fragments.append(node.wait_prompt)
+        if callback is not None:
+            fragments.append(callback.prompt)
+        key = await self._play_sequence(flow, fragments, session, port,
+                                        interrupt_keys=callback.key if callback is not None else "")
+        return key is not None
+
+    def _position_fragments(self, session: CallSession) -> list[str]:
+        """Return 您前面还有N位来电者在等待 (or 您现在排在第一位) and 预计还需等待M分钟 as fragments."""
+        skill = session.skill or DEFAULT_SKILL
+        estimate: QueueEstimate = estimate_queue(
+            call_id=session.call.call_id, skill=skill, agents=self._pool.snapshot(),
+            waiting=self._pool.waiting_calls(), handle_times=self.handle_times,
+        )
+        log.info("queue position announced", call_id=session.call.call_id, skill=skill, ahead=estimate.ahead,
+                 serving_agents=estimate.serving_agents, handle_time_s=round(estimate.handle_time_s),
+                 wait_minutes=estimate.wait_minutes)
+        if estimate.ahead == 0:
+            fragments = queue_position_fragments(1)
+        else:
+            fragments = callers_ahead_fragments(estimate.ahead)
+        if estimate.wait_minutes is not None:
+            fragments += wait_minutes_fragments(estimate.wait_minutes)
+        return fragments
+
+    async def _keep_place(
+        self, flow: Flow, callback: QueueCallback | None, session: CallSession, port: CallPort, queued_at: float
+    ) -> str:
+        """Record the caller's callback request with their place in the queue and confirm it."""
+        assert callback is not None
+        session.callback_number = session.call.caller.number
+        session.callback_is_caller_number = True
+        session.queue_place = QueuePlace(
+            skill=session.skill or DEFAULT_SKILL, waiting_since=queued_at, priority=session.priority,
+            needs=frozenset(session.needs), preferred_agent=session.preferred_agent,
+        )
+        # The call left the queue without an agent; its place is kept for the callback.
+        session.outcome = CallOutcome.NO_AGENT
+        log.info("queue callback chosen", call_id=session.call.call_id, skill=session.queue_place.skill,
+                 waited_s=round(self._clock() - queued_at, 1))
+        await self._hooks.callback_requested(session)
+        await self._play(flow, callback.done_prompt, session, port)
+        return callback.next

@@ -80,10 +80,25 @@ class PlayNode(_Strict):
     next: str
 
 
+class Listen(_Strict):
+    """Spoken answers a menu also accepts, used only when the node has a speech recogniser.
+
+    After a menu attempt without a key, ``prompt`` (if any) invites the caller to speak,
+    the switch records the answer after a beep, and a word from ``words`` counts as
+    pressing the key it maps to.
+    """
+
+    words: Annotated[dict[Annotated[str, Field(min_length=1, max_length=16)], str], Field(min_length=1)]
+    prompt: PromptId | None = None
+    max_seconds: Annotated[int, Field(ge=1, le=10)] = 4
+    silence_s: Annotated[int, Field(ge=1, le=3)] = 1
+
+
 class MenuNode(_InputNode):
     type: Literal["menu"]
     prompt: PromptId
     choices: dict[str, MenuChoice]
+    listen: Listen | None = None
 
 
 class ReadBack(_Strict):
@@ -132,6 +147,9 @@ class BranchCondition(_Strict):
     working_day: bool | None = None
     agents_for: SkillName | None = None
     agents_available: bool = True
+    # "known": the caller's number matched one citizen profile; "open_ticket": that caller
+    # also has a ticket that is not closed, merged or cancelled.
+    caller: Literal["known", "open_ticket"] | None = None
 
 
 class BranchCase(_Strict):
@@ -147,6 +165,19 @@ class BranchNode(_Strict):
     otherwise: str
 
 
+class QueueCallback(_Strict):
+    """A key that lets a waiting caller hang up and be called back when their turn comes.
+
+    ``prompt`` offers the key with each announcement, ``done_prompt`` confirms it, and the
+    call then goes to ``next`` (usually a goodbye and hang-up).
+    """
+
+    key: Annotated[str, Field(pattern=r"^[0-9*#]$")]
+    prompt: PromptId
+    done_prompt: PromptId
+    next: str
+
+
 class QueueNode(_Strict):
     """Connect the caller to an agent with the call's skill (or ``skill`` when given)."""
 
@@ -160,6 +191,16 @@ class QueueNode(_Strict):
     retry_prompt: PromptId | None = None
     next: str
     on_no_agent: str
+    # Tell the caller their place and expected wait (您前面还有N位…，预计还需等待M分钟)
+    # before each wait announcement.
+    announce_position: bool = False
+    # Music-on-hold class of the switch (musiconhold.conf) played between announcements;
+    # without it the caller hears silence there.
+    hold_music: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
+    callback: QueueCallback | None = None
+    # Notice played once on entering the queue (为了服务质量，您的通话可能会被录音); with it
+    # the switch records the call with the agent (MixMonitor) for the ticket.
+    recording_notice: PromptId | None = None
 
 
 class TransferNode(_Strict):
@@ -271,6 +312,9 @@ class FlowHandlers(_Strict):
     human: HumanHandler | None = None
     emergency: EmergencyHandler | None = None
     max_duration: MaxDurationHandler | None = None
+    # Cases tried once at call start, before ``start``: the first whose condition is true
+    # sends the call to its node instead (a known caller with an open ticket skips the menu).
+    call_start: list[BranchCase] = []
 
 
 class FlowSettings(_Strict):
@@ -476,6 +520,8 @@ def _node_targets(node: Node) -> list[tuple[list[Any], str]]:
         return []
 
     edges = [(["next"], node.next)]
+    if isinstance(node, QueueNode) and node.callback is not None:
+        edges.append((["callback", "next"], node.callback.next))
     for field_name in ("on_exhausted", "on_no_agent", "on_failed"):
         target = getattr(node, field_name, None)
         if target is not None:
@@ -520,7 +566,7 @@ _KEYED_EDGES = {
     MenuNode: {"choices"},
     CollectNode: {"next"},
     CallbackNode: {"next"},
-    QueueNode: {"next"},
+    QueueNode: {"next", "callback"},
     TransferNode: {"next"},
 }
 
@@ -534,7 +580,7 @@ def _node_prompts(node: Node) -> list[tuple[list[Any], str | None]]:
     prompts: list[tuple[list[Any], str | None]] = []
     for field_name in (
         "prompt", "invalid_prompt", "no_input_prompt", "wait_prompt", "retry_prompt", "number_prompt",
-        "done_prompt", "thanks_prompt",
+        "done_prompt", "thanks_prompt", "recording_notice",
     ):
         if field_name not in type(node).model_fields:
             continue
@@ -543,6 +589,14 @@ def _node_prompts(node: Node) -> list[tuple[list[Any], str | None]]:
             prompts.extend(([field_name, index], item) for index, item in enumerate(value))
         else:
             prompts.append(([field_name], value))
+
+    listen = getattr(node, "listen", None)
+    if listen is not None and listen.prompt is not None:
+        prompts.append((["listen", "prompt"], listen.prompt))
+
+    if isinstance(node, QueueNode) and node.callback is not None:
+        prompts.append((["callback", "prompt"], node.callback.prompt))
+        prompts.append((["callback", "done_prompt"], node.callback.done_prompt))
 
     read_back = getattr(node, "read_back", None)
     if read_back is not None:
@@ -589,6 +643,12 @@ def _check_node(checker: _Checker, node_id: str, node: Node, handler_keys: Mappi
                 checker.add(loc + ["choices", key],
                             f"按键“{key}”重复定义：全流程的“{handler[0]}”已使用此键（跳到“{handler[1]}”），"
                             f"请换一个按键，或让此选项也跳到“{handler[1]}”")
+        if node.listen is not None:
+            for word, key in node.listen.words.items():
+                if str(key) not in node.choices and str(key) not in handler_keys:
+                    checker.add(loc + ["listen", "words", word],
+                                f"词语“{word}”对应的按键“{key}”不是本菜单的选项，也不是转人工键或紧急键："
+                                f"请改为 {'、'.join(sorted(map(str, node.choices)))} 之一", at_value=True)
 
     if isinstance(node, INPUT_NODES):
         _check_attempts(checker, loc + ["max_attempts"], node.max_attempts)
@@ -608,13 +668,19 @@ def _check_node(checker: _Checker, node_id: str, node: Node, handler_keys: Mappi
         for index, case in enumerate(node.cases):
             case_loc = loc + ["cases", index, "when"]
             when = case.when
-            if when.need is None and when.time is None and when.working_day is None and when.agents_for is None:
-                checker.add(case_loc, "条件为空：请写明 need、time、working_day 或 agents_for 中至少一项")
-            if when.time is not None:
-                begin, finish = when.time.split("-")
-                if begin >= finish:
-                    checker.add(case_loc + ["time"], f"时间段“{when.time}”的开始不早于结束，请写成如 08:30-17:30（北京时间）",
-                                at_value=True)
+            _check_condition(checker, case_loc, case.when)
+
+
+def _check_condition(checker: _Checker, loc: list[Any], when: BranchCondition) -> None:
+    """Check one branch or call-start condition: at least one test, and a time range that is not reversed."""
+    if (when.need is None and when.time is None and when.working_day is None and when.agents_for is None
+            and when.caller is None):
+        checker.add(loc, "条件为空：请写明 need、time、working_day、agents_for 或 caller 中至少一项")
+    if when.time is not None:
+        begin, finish = when.time.split("-")
+        if begin >= finish:
+            checker.add(loc + ["time"], f"时间段“{when.time}”的开始不早于结束，请写成如 08:30-17:30（北京时间）",
+                        at_value=True)
 
 
 def _reachable(start: str, nodes: Mapping[str, Node], extra_roots: Iterable[str]) -> set[str]:
@@ -683,6 +749,7 @@ def _check_graph(checker: _Checker, start: str, nodes: Mapping[str, Node], handl
         return
 
     handler_targets = [handler.next for handler in (handlers.human, handlers.emergency, handlers.max_duration) if handler]
+    handler_targets += [case.next for case in handlers.call_start]
     reachable = _reachable(start, nodes, handler_targets)
     for node_id in nodes:
         if node_id not in reachable:
@@ -849,6 +916,11 @@ def _check_flow_wide(checker: _Checker, header: _FlowHeader, defined: Mapping[st
         if name == "emergency":
             checker.check_prompt(["handlers", name, "prompt"], handler.prompt)
 
+    for index, case in enumerate(header.handlers.call_start):
+        loc = ["handlers", "call_start", index]
+        checker.check_target(loc + ["next"], case.next, defined)
+        _check_condition(checker, loc + ["when"], case.when)
+
 
 def flow_json_schema() -> dict[str, Any]:
     """Return the JSON schema of a flow file, as published in ivr/flow-schema.json."""
@@ -883,6 +955,7 @@ def flow_skills(flow: Flow) -> set[str]:
             skills.add(skill)
         condition_skills = [case.when.agents_for for case in getattr(node, "cases", ()) if case.when.agents_for]
         skills.update(condition_skills)
+    skills.update(case.when.agents_for for case in flow.handlers.call_start if case.when.agents_for)
     for handler in (flow.handlers.human, flow.handlers.emergency):
         if handler is not None and handler.skill:
             skills.add(handler.skill)

@@ -114,8 +114,73 @@ class CallPort(Protocol):
         """Dial ``number`` through the switch's trunk ``trunk`` and bridge the caller to it."""
         ...
 
+    async def start_hold_music(self, music_class: str) -> None:
+        """Start the switch's music-on-hold class ``music_class`` on the call; it plays until stopped.
+
+        Playing a prompt or dialing replaces the music.
+        """
+        ...
+
+    async def stop_hold_music(self) -> None:
+        """Stop music on hold; harmless when none plays."""
+        ...
+
+    async def wait_for_key(self, timeout_ms: int) -> str | None:
+        """Wait up to ``timeout_ms`` for one key and return it, or None when none was pressed.
+
+        Music on hold keeps playing meanwhile.
+        """
+        ...
+
+    async def start_call_recording(self, name: str) -> str:
+        """Start recording the call's conversation into a file named after ``name``; return the file name.
+
+        Only the time the caller is connected to someone is recorded, and the recording
+        ends with the call.
+        """
+        ...
+
 
 class WorkCalendar(Protocol):
     """Working days of the hotline's office, in Asia/Shanghai dates."""
 
     def is_working_day(self, day: date) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTicket:
+    """A known caller's most recent ticket that is not closed, merged or cancelled."""
+
+    ticket_id: str
+    skill: str | None
+    agent_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerProfile:
+    """The facts about a caller matched to a citizen profile that the flow and the ACD may use.
+
+    ``profile_ref`` is the profile's keyed hash, the only handle on the person. Need tags
+    are sensitive (disability, health): they steer the flow and the ACD and are never logged.
+    """
+
+    profile_ref: str
+    need_tags: frozenset[str] = frozenset()
+    preferred_agent: str | None = None
+    open_ticket: OpenTicket | None = None
+
+
+class CallerDirectory(Protocol):
+    """Port to the citizen profiles for the flow: a lookup at call start and the agent's screen.
+
+    Implementations never raise for a storage fault: the call goes on as for an unknown
+    caller, and they log the fault with the call id.
+    """
+
+    async def find_caller(self, call_id: str, caller_number: str | None) -> CallerProfile | None:
+        """Return the profile of the caller with this number, or None for an unknown or unmatched caller."""
+        ...
+
+    async def agent_ringing(self, call_id: str, agent_id: str, caller: CallerProfile) -> None:
+        """Put the known caller's masked summary on the ringing agent's screen."""
+        ...

@@ -136,6 +136,27 @@ class ReplayPort:
         self._advance_to(self.now_ms + seconds * 1000)
         return RecordingResult(file_name=f"{name}.wav", duration_s=seconds)
 
+    async def start_hold_music(self, music_class: str) -> None:
+        self._check()
+
+    async def stop_hold_music(self) -> None:
+        self._check()
+
+    async def wait_for_key(self, timeout_ms: int) -> str | None:
+        """Return the caller's next key if it comes within ``timeout_ms``; music does not drop keys."""
+        self._check()
+        deadline = self.now_ms + timeout_ms
+        if self._keys and self._keys[0].at_ms < deadline:
+            key = self._keys.pop(0)
+            self._advance_to(max(key.at_ms, self.now_ms))
+            return key.key
+        self._advance_to(deadline)
+        return None
+
+    async def start_call_recording(self, name: str) -> str:
+        self._check()
+        return f"{name}.wav"
+
     async def set_call_variable(self, name: str, value: str) -> None:
         self._check()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from ivr.ports import CallEnded, DialResult, DialStatus, DigitInput, DigitOutcome, PlaybackResult, RecordingResult
@@ -15,6 +16,8 @@ class ScriptedCaller:
     ``dial_results`` maps an endpoint (or ``number@trunk`` for a transfer) to the statuses
     it returns on successive dials. ``record_seconds`` is how long the caller speaks when a
     message is recorded. ``timeouts`` lists the timeout of every ``collect_digits``.
+    A caller whose script has run out stays silent at the prompts in ``silent_prompts``
+    (the survey after the agent) instead of failing the test.
     """
 
     keys: list[str | None]
@@ -29,6 +32,10 @@ class ScriptedCaller:
     recorded: list[str] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
     timeouts: list[int] = field(default_factory=list)
+    silent_prompts: frozenset[str] = frozenset({"survey"})
+    # Music-on-hold classes started, and names of the recordings started.
+    music: list[str] = field(default_factory=list)
+    call_recordings: list[str] = field(default_factory=list)
 
     def _check(self) -> None:
         if self.ended:
@@ -54,6 +61,8 @@ class ScriptedCaller:
         played = prompt_id not in self.broken_prompts
         if played:
             self.played.append(prompt_id)
+        if not self.keys and prompt_id in self.silent_prompts:
+            return DigitInput("", DigitOutcome.TIMEOUT, prompt_played=played)
         if not self.keys:
             raise AssertionError(f"caller script ran out of keys at prompt {prompt_id}")
         entry = self.keys.pop(0)
@@ -86,6 +95,24 @@ class ScriptedCaller:
         if status is DialStatus.ANSWERED:
             return DialResult(status, answered=True, talk_seconds=12.0)
         return DialResult(status, answered=False)
+
+    async def start_hold_music(self, music_class: str) -> None:
+        self._check()
+        self.music.append(music_class)
+
+    async def stop_hold_music(self) -> None:
+        self._check()
+
+    async def wait_for_key(self, timeout_ms: int) -> str | None:
+        """Let the wait pass without a key, in real time: queued callers in these scripts only listen."""
+        self._check()
+        await asyncio.sleep(timeout_ms / 1000)
+        return None
+
+    async def start_call_recording(self, name: str) -> str:
+        self._check()
+        self.call_recordings.append(name)
+        return f"{name}.wav"
 
     async def set_call_variable(self, name: str, value: str) -> None:
         self._check()

@@ -44,6 +44,13 @@ def test_graph_labels_in_chinese():
     assert f'fontname="{CJK_FONT}"' in source
 
 
+def test_graph_draws_call_start_rules():
+    """The shipped flow sends a caller with an open ticket past the menu; the diagram shows it."""
+    source = flow_graph(FLOW, PROMPT_TEXTS).source
+
+    assert "来电规则1：来电人有未办结工单" in source
+
+
 def test_graph_without_catalog_names_prompt_ids():
     source = flow_graph(FLOW).source
 

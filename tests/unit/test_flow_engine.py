@@ -42,7 +42,7 @@ async def _pool(*agents: tuple[str, set[str]]) -> AgentPool:
 async def test_menu_choice_reaches_agent_with_skill():
     pool = await _pool(("agent1", {"dibao", "general"}), ("agent2", {"linshi", "general"}))
     hooks = RecordingHooks()
-    caller = ScriptedCaller(keys=["3"])
+    caller = ScriptedCaller(keys=["3", None])
 
     session = await FlowRunner(pool, hooks).run(FLOW, _call(), caller)
 
@@ -51,17 +51,18 @@ async def test_menu_choice_reaches_agent_with_skill():
     assert session.agent_id == "agent2"
     assert caller.dialed == ["agent2"]
     assert hooks.events == [("category", "linshi"), ("agent", "agent2")]
-    assert session.path == ["welcome", "main_menu", "chose_linshi", "to_agent", "finished"]
+    assert session.path == ["welcome", "main_menu", "chose_linshi", "to_agent", "survey", "finished"]
     assert "category_linshi" in caller.played
 
 
 async def test_invalid_key_then_valid_key():
     pool = await _pool(("agent1", {"dibao", "general"}))
-    caller = ScriptedCaller(keys=["8", "1"])
+    caller = ScriptedCaller(keys=["8", "1", None])
 
     session = await FlowRunner(pool, RecordingHooks()).run(FLOW, _call(), caller)
 
-    assert [(k.digits, k.outcome) for k in session.keys] == [("8", "invalid"), ("1", "accepted")]
+    # The last entry is the survey after the agent, left unanswered.
+    assert [(k.digits, k.outcome) for k in session.keys] == [("8", "invalid"), ("1", "accepted"), ("", "no_input")]
     assert caller.played.count("main_menu") == 2
     assert "invalid_key" in caller.played
     assert session.outcome is CallOutcome.ANSWERED
@@ -69,7 +70,7 @@ async def test_invalid_key_then_valid_key():
 
 async def test_silence_three_times_goes_to_human():
     pool = await _pool(("agent1", {"general"}))
-    caller = ScriptedCaller(keys=[None, None, None])
+    caller = ScriptedCaller(keys=[None, None, None, None])
 
     session = await FlowRunner(pool, RecordingHooks()).run(FLOW, _call(), caller)
 
@@ -105,7 +106,7 @@ async def test_no_agent_logged_in_for_skill():
 
 async def test_unanswered_agent_is_skipped_for_next():
     pool = await _pool(("agent1", {"dibao"}), ("agent2", {"dibao"}))
-    caller = ScriptedCaller(keys=["1"], dial_results={"agent1": [DialStatus.NO_ANSWER]})
+    caller = ScriptedCaller(keys=["1", None], dial_results={"agent1": [DialStatus.NO_ANSWER]})
 
     session = await FlowRunner(pool, RecordingHooks()).run(FLOW, _call(), caller)
 
@@ -116,7 +117,7 @@ async def test_unanswered_agent_is_skipped_for_next():
 
 async def test_failed_prompt_plays_fallback_and_continues():
     pool = await _pool(("agent1", {"dibao"}))
-    caller = ScriptedCaller(keys=["1"], broken_prompts={"welcome"})
+    caller = ScriptedCaller(keys=["1", None], broken_prompts={"welcome"})
 
     session = await FlowRunner(pool, RecordingHooks()).run(FLOW, _call(), caller)
 
@@ -152,11 +153,11 @@ class AllHooks(RecordingHooks):
 async def test_emergency_key_in_main_menu():
     pool = await _pool(("agent1", {"general"}))
     hooks = AllHooks()
-    caller = ScriptedCaller(keys=["9"])
+    caller = ScriptedCaller(keys=["9", None])
 
     session = await FlowRunner(pool, hooks).run(FLOW, _call(), caller)
 
-    assert session.path == ["welcome", "main_menu", "urgent_agent", "finished"]
+    assert session.path == ["welcome", "main_menu", "urgent_agent", "survey", "finished"]
     assert session.priority == 9
     assert "紧急" in session.needs
     assert hooks.events == [("emergency", 9), ("agent", "agent1")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from acd.pool import AgentPool, AgentProfile, DeviceState
+from acd.pool import AcdSettings, AgentPool, AgentProfile, DeviceState
 from ivr.call import Call, CallerId
 from ivr.engine import FlowRunner
 from ivr.flow_registry import FlowRegistry, FlowWatcher
@@ -57,7 +57,9 @@ def _call(call_id: str) -> Call:
 
 
 async def _pool() -> AgentPool:
-    pool = AgentPool([AgentProfile("agent1", "agent1", "agent1", frozenset({"dibao", "zhengce", "general"}))])
+    # No wrap-up: the second call finds the agent free as soon as the first has ended.
+    pool = AgentPool([AgentProfile("agent1", "agent1", "agent1", frozenset({"dibao", "zhengce", "general"}))],
+                     settings=AcdSettings(wrap_up_s=0))
     await pool.device_state_changed("agent1", DeviceState.NOT_IN_USE)
     return pool
 
@@ -70,7 +72,7 @@ async def test_running_call_keeps_its_flow(tmp_path):
     runner = FlowRunner(await _pool(), NoHooks())
 
     # A call starts on the old flow and waits in the menu while an edit goes live.
-    caller = HoldingCaller(keys=["1"])
+    caller = HoldingCaller(keys=["1", None])
     running = asyncio.create_task(runner.run(registry.current(), _call("1764900000.1"), caller))
     try:
         await asyncio.wait_for(caller.in_menu.wait(), 5)
@@ -80,7 +82,7 @@ async def test_running_call_keeps_its_flow(tmp_path):
         caller.release.set()
     first = await asyncio.wait_for(running, 5)
 
-    second = await runner.run(registry.current(), _call("1764900000.2"), ScriptedCaller(keys=["1"]))
+    second = await runner.run(registry.current(), _call("1764900000.2"), ScriptedCaller(keys=["1", None]))
 
     assert activated.status == "activated"
     assert registry.current().version == sha(REROUTED_FLOW)

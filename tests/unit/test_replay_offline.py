@@ -60,7 +60,7 @@ async def test_broken_flow_fails_named_scripts_with_readable_diffs() -> None:
     assert "menu_1_dibao" not in failures
     assert failures["menu_5_yanglao"] == ["类别：期望 yanglao，实际 zhengce", "技能组：期望 yanglao，实际 zhengce"]
     assert failures["no_input_three_times"][0] == (
-        "路径：期望 welcome → main_menu → to_agent → finished\n      实际 welcome → main_menu → no_agent")
+        "路径：期望 welcome → main_menu → to_agent → survey → finished\n      实际 welcome → main_menu → no_agent")
     assert "结果：期望 answered，实际 completed" in failures["no_input_three_times"]
 
 

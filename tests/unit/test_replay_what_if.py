@@ -60,10 +60,13 @@ async def test_live_calls_keep_their_inputs(tmp_path: Path) -> None:
 
     dibao = calls["1764727200.0"].inputs
     assert dibao is not None and dibao.flow_version == load_flow(FLOW_FILE).version
-    assert [(k.node, k.digits, k.outcome, k.at_ms) for k in dibao.keys] == [("main_menu", "1", "accepted", 9500)]
+    # The caller pressed 1 in the menu and left the survey after the agent unanswered.
+    assert [(k.node, k.digits, k.outcome, k.at_ms) for k in dibao.keys] == [("main_menu", "1", "accepted", 9500),
+                                                                            ("survey", "", "no_input", 34000)]
     assert not dibao.hung_up
     silent = calls["1764727200.2"].inputs
-    assert silent is not None and [k.outcome for k in silent.keys] == ["no_input"] * 3
+    # Three silent menu attempts, then the unanswered survey after the agent.
+    assert silent is not None and [k.outcome for k in silent.keys] == ["no_input"] * 4
     hung_up = calls["1764727200.3"].inputs
     assert hung_up is not None
     assert hung_up.hung_up
