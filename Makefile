@@ -52,15 +52,19 @@ prompts: venv
 unit: venv
 	$(ISOLATED) $(BIN)/pytest -q -m "not integration"
 
+# The integration tests mostly wait on prompts playing in real time, so three pytest
+# workers (one test file each at a time) share the two cores.
+PYTEST_WORKERS ?= 3
+
 test: venv asterisk prompts
-	$(ISOLATED) $(BIN)/pytest -q -ra
+	$(ISOLATED) $(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: venv asterisk prompts
 	$(ISOLATED) $(BIN)/hotline demo
 
 # Full-length drills: longer partitions and more kill -9 rounds than `make test` runs.
 soak: venv asterisk prompts
-	$(ISOLATED) env HOTLINE_SOAK=1 $(BIN)/pytest -q -ra
+	$(ISOLATED) env HOTLINE_SOAK=1 $(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --dist loadfile
 
 # Benchmarks, each against a baseline measured in the same run (docs/benchmarks.md).
 # `bench-quick` is the short load ladder only; `bench` runs every benchmark in full.

@@ -1,8 +1,8 @@
 """Test harness: one county `hotline run` process on its own Asterisk, with the test's flow file.
 
-Lighter than ``hotline.demo.DemoStack``: no city node (the county's parent broker runs, so
-its outbox connects, but nothing reads it), a flow written by the test, and SIP phones that
-are either roster agents or other endpoints such as a trunk toward the city's switch.
+Lighter than ``hotline.demo.DemoStack``: it starts no city node. The county's parent broker
+runs, so its outbox connects, but nothing reads it. The test writes the flow, and the SIP
+phones are roster agents or other endpoints such as a trunk toward the city's switch.
 """
 
 from __future__ import annotations
