@@ -86,10 +86,11 @@ def test_stamped_lines_still_parse() -> None:
 
 def test_profile_summary_shares(tmp_path: Path) -> None:
     raw = tmp_path / "py-spy.raw"
+    root = load_ivr.REPO_ROOT
     raw.write_text(
-        "main (load_controller.py:1);_run_call (/work/main/hwd_bridge/fastagi_server.py:10);"
-        "parse_reply_line (/work/main/hwd_bridge/agi_protocol.py:5) 3\n"
-        "main (load_controller.py:1);_parse_block (/work/main/hwd_bridge/ami_protocol.py:7) 1\n",
+        f"main (load_controller.py:1);_run_call ({root}/hwd_bridge/fastagi_server.py:10);"
+        f"parse_reply_line ({root}/hwd_bridge/agi_protocol.py:5) 3\n"
+        f"main (load_controller.py:1);_parse_block ({root}/hwd_bridge/ami_protocol.py:7) 1\n",
         encoding="utf-8",
     )
 

@@ -7,11 +7,22 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from click.testing import CliRunner
 
 from hotline.commands.profiles import profiles
 from profiles.importer import COLUMNS
 from profiles.synthetic import synthetic_id_for_index, synthetic_row
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's consoles are created at import, with the width of whatever terminal was there."""
+    from hotline.commands import profiles as profiles_module
+
+    monkeypatch.setattr(profiles_module.console, "width", 200)
+    monkeypatch.setattr(profiles_module.error_console, "width", 200)
 
 
 def _setup(tmp_path: Path, count: int = 10) -> tuple[CliRunner, Path, list[dict[str, str]]]:
