@@ -212,7 +212,8 @@ class TestCli:
 
         made = run("backup", "--config", str(config), "--to", str(tmp_path / "backups"))
         assert made.exit_code == 0, made.output
-        assert "备份完成" in made.output and "工单数据库 tickets.sqlite3：结构版本" in made.output
+        assert "备份完成" in made.output
+        assert "工单数据库 tickets.sqlite3：结构版本" in made.output
         folder = next((tmp_path / "backups").iterdir())
 
         checked = run("restore", "--config", str(config), "--check-only", str(folder))
@@ -222,7 +223,8 @@ class TestCli:
         asyncio.run(fill(tmp_path / "county.db", 1))
         restored = run("restore", "--config", str(config), str(folder))
         assert restored.exit_code == 0, restored.output
-        assert "恢复完成" in restored.output and "原文件保留为" in restored.output
+        assert "恢复完成" in restored.output
+        assert "原文件保留为" in restored.output
         assert ticket_ids(tmp_path / "county.db") == ids
 
     @pytest.mark.parametrize("role", ["publisher", "receiver"])
@@ -241,7 +243,8 @@ class TestCli:
             running.release()
 
         assert refused.exit_code == 1
-        assert f"节点 {COUNTY} 正在运行" in refused.output and "请先停止该节点" in refused.output
+        assert f"节点 {COUNTY} 正在运行" in refused.output
+        assert "请先停止该节点" in refused.output
         assert len(ticket_ids(tmp_path / "county.db")) == 3
 
     def test_folder_that_is_not_a_backup(self, tmp_path: Path) -> None:
