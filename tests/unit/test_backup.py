@@ -128,7 +128,7 @@ class TestBackup:
 
 
 class TestRestore:
-    def test_restore_brings_back_the_backed_up_state_and_keeps_the_old_file(self, tmp_path: Path) -> None:
+    def test_restore_keeps_replaced_file(self, tmp_path: Path) -> None:
         ids = asyncio.run(fill(tmp_path / "county.db", 2, attachment=b"\xff\xd8photo"))
         manifest = create_backup(COUNTY, databases(tmp_path), tmp_path / "backups", now=BACKUP_AT)
         asyncio.run(fill(tmp_path / "county.db", 3))
@@ -151,7 +151,7 @@ class TestRestore:
                 await store.attachment_path(events[-1].payload["attachment_id"])
         asyncio.run(check())
 
-    def test_ticket_numbers_used_after_the_backup_are_not_issued_again(self, tmp_path: Path) -> None:
+    def test_restore_keeps_ticket_numbers_unique(self, tmp_path: Path) -> None:
         asyncio.run(fill(tmp_path / "county.db", 2))
         manifest = create_backup(COUNTY, databases(tmp_path), tmp_path / "backups", now=BACKUP_AT)
         asyncio.run(fill(tmp_path / "county.db", 3))

@@ -53,7 +53,7 @@ async def test_one_caller_gets_one_commit_per_ticket(store: TicketStore) -> None
     assert store.group_commits == 3
 
 
-async def test_a_refused_ticket_keeps_the_others_of_its_group(store: TicketStore, tmp_path: Path) -> None:
+async def test_rejected_ticket_keeps_group_others(store: TicketStore, tmp_path: Path) -> None:
     connection = sqlite3.connect(tmp_path / "county.db")
     connection.execute("INSERT INTO ticket_sequences VALUES ('330106', '2026-12-04', 9998)")
     connection.commit()
@@ -70,7 +70,7 @@ async def test_a_refused_ticket_keeps_the_others_of_its_group(store: TicketStore
     assert (await store.get_ticket(opened[0])).call_id == "call-0"
 
 
-async def test_a_failed_job_is_undone_alone(store: TicketStore, tmp_path: Path) -> None:
+async def test_failed_job_undone_alone(store: TicketStore, tmp_path: Path) -> None:
     def half_then_fail(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO ticket_sequences VALUES ('999999', '2026-12-04', 1)")
         db.execute("INSERT INTO no_such_table VALUES (1)")
@@ -89,7 +89,7 @@ async def test_a_failed_job_is_undone_alone(store: TicketStore, tmp_path: Path) 
     assert regions == ["330106"]
 
 
-async def test_a_job_that_ends_the_transaction_fails_its_whole_group(store: TicketStore, tmp_path: Path) -> None:
+async def test_transaction_ending_job_fails_group(store: TicketStore, tmp_path: Path) -> None:
     def end_transaction(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise RuntimeError("transaction ended")
@@ -108,7 +108,7 @@ async def test_a_job_that_ends_the_transaction_fails_its_whole_group(store: Tick
     assert await open_one(store, 3) == "330106-20261204-0001"
 
 
-async def test_a_caller_cancelled_before_its_group_writes_nothing(store: TicketStore, tmp_path: Path) -> None:
+async def test_cancelled_caller_writes_nothing(store: TicketStore, tmp_path: Path) -> None:
     first = asyncio.create_task(open_one(store, 1))
     second = asyncio.create_task(open_one(store, 2))
     await asyncio.sleep(0)
