@@ -20,6 +20,7 @@ RULE_LABELS = {
     "best_agent": "排队分数最高的来电，取分数最高的合格坐席",
     "higher_calls_ineligible": "排在前面的来电用不上剩下的空闲坐席，本来电取分数最高的合格坐席",
     "no_eligible_agent": "来电到达时没有合格的空闲坐席，继续排队",
+    "emergency_overflow": "紧急来电等待期间本级没有坐席可接，溢出至上级",
 }
 
 
@@ -72,6 +73,9 @@ class RoutingDecision:
     candidates: tuple[CandidateScore, ...]
     exclusions: tuple[Exclusion, ...]
     waiting: tuple[WaitingCallScore, ...]
+    # Where an emergency call went when it left this pool for the tier above
+    # ("trunk:<trunk>" or "callback:<tier>"); None for every other rule.
+    overflow_target: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -90,6 +94,8 @@ class RoutingDecision:
             ),
             exclusions=tuple(Exclusion(e["agent_id"], e["reason"]) for e in data["exclusions"]),
             waiting=tuple(WaitingCallScore(w["call_id"], float(w["score"]), int(w["priority"])) for w in data["waiting"]),
+            # Rows written before the field existed lack it.
+            overflow_target=data.get("overflow_target"),
         )
 
 
@@ -104,6 +110,8 @@ def describe_decision(decision: RoutingDecision) -> list[str]:
         f"  结果：{chosen}",
         f"  规则：{RULE_LABELS.get(decision.rule, decision.rule)}",
     ]
+    if decision.overflow_target is not None:
+        lines.append(f"  紧急来电溢出至上级：{decision.overflow_target}")
     if decision.candidates:
         lines.append("  合格坐席（从高到低）：")
         for c in decision.candidates:

@@ -14,16 +14,18 @@ signalled "ready".
 
 Routing is one greedy pass run on every change: waiting calls are ordered by a score
 (priority, time waited, need boost) computed at that moment, and each call in that
-order takes the best eligible free agent. Every assignment, and every call that finds
-no eligible agent on arrival, leaves a ``RoutingDecision`` naming the candidates, the
-excluded agents with their reasons, the scores and the rule that fired.
+order takes the best eligible free agent. Every assignment, every call that finds no
+eligible agent on arrival and every emergency call that overflows to the tier above
+(``overflowed``) leaves a ``RoutingDecision`` naming the candidates, the excluded agents
+with their reasons, the scores and the rule that fired.
 
-Routing works on in-memory indexes, so the cost of one decision does not grow with the
-roster or the queue. The indexes are the free agents per skill sorted by proficiency and
-idle time, the waiting calls per skill sorted by score, and heaps for the wrap-up,
-reservation and arrival timers. Time waited adds the same amount to every call's score, so the order of waiting calls only
-changes when a call arrives, leaves or gets a new priority. A pool larger than
-``AcdSettings.explain_all_limit`` agents records shortened decisions: the best
+Routing works on in-memory indexes, so the work of one decision does not grow with the
+roster or the queue. The indexes are the free agents per skill, one dict per proficiency
+level in idle order (an agent becoming free is appended, one leaving is deleted by key),
+the waiting calls per skill sorted by score, and heaps for the wrap-up, reservation and
+arrival timers. Time waited adds the same amount to every call's score, so the order of
+waiting calls only changes when a call arrives, leaves or gets a new priority. A pool
+larger than ``AcdSettings.explain_all_limit`` agents records shortened decisions: the best
 ``explain_list_size`` candidates, up to that many excluded agents and the waiting board's
 head, followed by exclusions with agent id ``*`` that count the agents not listed.
 """
@@ -68,6 +70,9 @@ DIALECT_NEED_PREFIX = "方言:"
 WAITING_GAP_S = 60.0
 # Agent id of the exclusions that count agents a shortened decision does not list.
 UNLISTED_AGENTS = "*"
+# A shortened decision looks for further excluded agents among the first (this factor times
+# ``explain_list_size``) agents of the skill, so its cost does not grow with the roster.
+EXCLUSION_SCAN_FACTOR = 4
 
 
 class DeviceState(enum.Enum):
@@ -218,6 +223,67 @@ class _AgentStatus:
     order: int = 0
     # Sort key in the per-skill free-agent lists while the agent is free, else None.
     free_key: tuple[float, str] | None = None
+    # Proficiency per skill (``AgentProfile.level``) and the free-agent lists the agent
+    # joins besides the skill's own, both fixed by the roster.
+    levels: dict[str, int] = field(default_factory=dict)
+    narrow_tags: tuple[str, ...] = ()
+    # True while the switch's endpoint of an agent listed with a video phone allows no
+    # video codec (``set_video_phone``): such an agent takes no sign-language call.
+    video_blocked: bool = False
+
+
+class _FreeAgents:
+    """Free agents of one skill, or of one skill narrowed by a tag, best proficiency first.
+
+    Each proficiency level keeps its agents in a dict in (idle since, agent id) order. An
+    agent who becomes free gets the pool's current time as idle time, so adding one
+    appends to its level after one comparison with the level's last agent, and removing
+    one deletes a dict key. Neither step depends on how many agents are free. An agent
+    whose key sorts before the level's last one (equal idle times, a clock moved back)
+    re-sorts that level.
+    """
+
+    __slots__ = ("_count", "_levels", "_order")
+
+    def __init__(self) -> None:
+        self._levels: dict[int, dict[str, _AgentStatus]] = {}
+        # Levels present, highest first.
+        self._order: list[int] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, status: _AgentStatus, level: int) -> None:
+        """Add a free agent whose ``status.free_key`` is already set."""
+        agents = self._levels.get(level)
+        if agents is None:
+            agents = self._levels[level] = {}
+            bisect.insort(self._order, -level)
+        agent_id = status.profile.agent_id
+        if agents:
+            last = agents[next(reversed(agents))]
+            if last.free_key is not None and status.free_key is not None and status.free_key < last.free_key:
+                ordered = sorted([*agents.values(), status], key=lambda s: s.free_key or (0.0, ""))
+                agents.clear()
+                agents.update((s.profile.agent_id, s) for s in ordered)
+                self._count += 1
+                return
+        agents[agent_id] = status
+        self._count += 1
+
+    def remove(self, status: _AgentStatus, level: int) -> None:
+        del self._levels[level][status.profile.agent_id]
+        self._count -= 1
+
+    def by_level(self) -> list[tuple[int, dict[str, _AgentStatus]]]:
+        """Return (level, agents in idle order) from the highest level down."""
+        levels = self._levels
+        return [(-negated, levels[-negated]) for negated in self._order]
+
+
+# The free-agent list of a skill or tag no roster agent has. Nothing is ever added to it.
+_NO_FREE_AGENTS = _FreeAgents()
 
 
 class _Descending(str):
@@ -259,6 +325,8 @@ class _Arrival:
     # True from the moment an agent is reserved for the call until its next ``reserve``.
     reserved: bool = False
     ended: bool = False
+    # The call's most recent ``reserve``: skill, needs and priority for a later explanation.
+    waiter: _Waiter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,18 +391,24 @@ class AgentPool:
             for agent in agents
         }
         self._by_endpoint = {status.profile.endpoint: status for status in self._agents.values()}
-        # Roster agents per skill in roster order, and the free ones per skill sorted by
-        # (-proficiency, idle since, agent id): the order ``_rank`` uses between equal scores.
+        # Roster agents per skill in roster order, and the free ones per skill in
+        # (-proficiency, idle since, agent id) order: the order ``_rank`` uses between equal scores.
         self._by_skill: dict[str, list[_AgentStatus]] = {}
-        self._free: dict[str, list[tuple[int, float, str]]] = {}
+        self._free: dict[str, _FreeAgents] = {}
         # The same per skill, narrowed to one language, to sign language with video or to
         # elderly-care training, so a call with such a need scans the agents it concerns first.
-        self._free_narrow: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
+        self._free_narrow: dict[tuple[str, str], _FreeAgents] = {}
         for order, status in enumerate(self._agents.values()):
             status.order = order
-            for skill in status.profile.skills:
+            profile = status.profile
+            given = dict(profile.proficiency)
+            status.levels = {skill: given.get(skill, DEFAULT_PROFICIENCY) for skill in profile.skills}
+            status.narrow_tags = self._narrow_tags(status)
+            for skill in profile.skills:
                 self._by_skill.setdefault(skill, []).append(status)
-                self._free.setdefault(skill, [])
+                self._free.setdefault(skill, _FreeAgents())
+                for tag in status.narrow_tags:
+                    self._free_narrow.setdefault((skill, tag), _FreeAgents())
         # Waiting calls in ``reserve`` by sequence, and those still unassigned per skill,
         # sorted by (-score without the wait term, sequence).
         self._waiting: dict[int, _Waiter] = {}
@@ -397,6 +471,24 @@ class AgentPool:
         arrival = self._arrivals.get(call_id)
         if arrival is not None:
             arrival.ended = True
+
+    def overflowed(self, call_id: str, *, target: str) -> None:
+        """Record that a waiting call left this pool for the tier above; it no longer counts as waiting.
+
+        The decision recorded (rule ``emergency_overflow``) names ``target``, such as
+        ``trunk:city-trunk`` or ``callback:city-330100``, and explains with the call's most
+        recent skill, needs and priority why no agent here could take it now. A call the
+        pool never saw is only logged.
+        """
+        arrival = self._arrivals.get(call_id)
+        if arrival is None or arrival.waiter is None:
+            log.warning("overflow of a call this pool never saw", call_id=call_id, target=target)
+            return
+
+        arrival.ended = True
+        log.info("call overflowed to the tier above", call_id=call_id, skill=arrival.waiter.skill, target=target)
+        if self._recorder is not None:
+            self._explain_waiting(arrival.waiter, rule="emergency_overflow", overflow_target=target)
 
     def events(self) -> list[AgentEvent]:
         """Return the most recent state changes, oldest first."""
@@ -495,6 +587,46 @@ class AgentPool:
         status.progress_at = self._clock()
         heapq.heappush(self._ttl_heap, (status.progress_at + self._settings.reservation_ttl_s, status.order))
 
+    @staticmethod
+    def _narrow_tags(status: _AgentStatus) -> tuple[str, ...]:
+        """Return the narrowed free-agent lists the agent joins besides its skills' own."""
+        profile = status.profile
+        narrow = [f"lang:{language}" for language in sorted(profile.languages)]
+        if (SIGN_LANGUAGE_SKILL in profile.skills and VIDEO_CAPABILITY in profile.capabilities
+                and not status.video_blocked):
+            narrow.append(SIGN_LANGUAGE_SKILL)
+        if ELDERLY_CARE_TRAINING in profile.training:
+            narrow.append(ELDERLY_CARE_TRAINING)
+        return tuple(narrow)
+
+    def set_video_phone(self, agent_id: str, allows_video: bool) -> bool:
+        """Record whether the switch lets the agent's endpoint carry video; return True when that changed.
+
+        The roster's capability ``video`` says the agent has a video phone; the endpoint's
+        codec list on the switch says whether a call to it can carry video. An agent
+        listed with video whose endpoint allows no video codec takes no sign-language
+        call until the switch allows one. Agents without the capability are not changed.
+        """
+        status = self._agents[agent_id]
+        if VIDEO_CAPABILITY not in status.profile.capabilities or status.video_blocked == (not allows_video):
+            return False
+
+        # Leave the free-agent lists under the old tags and join them again under the new ones.
+        if status.free_key is not None:
+            for skill, level in status.levels.items():
+                for tag_list in (self._free[skill], *(self._free_narrow[(skill, tag)] for tag in status.narrow_tags)):
+                    tag_list.remove(status, level)
+            status.free_key = None
+        status.video_blocked = not allows_video
+        status.narrow_tags = self._narrow_tags(status)
+        for skill in status.levels:
+            for tag in status.narrow_tags:
+                self._free_narrow.setdefault((skill, tag), _FreeAgents())
+        self._index_agent(status)
+        log.warning("agent video phone", agent_id=agent_id, allows_video=allows_video)
+        self._dispatch()
+        return True
+
     def _index_agent(self, status: _AgentStatus) -> None:
         """Keep the per-skill free-agent lists in step with the agent's state and device."""
         free = status.state is AgentState.AVAILABLE and status.device is DeviceState.NOT_IN_USE
@@ -502,35 +634,29 @@ class AgentPool:
         if key == status.free_key:
             return
 
-        profile = status.profile
-        levels = dict(profile.proficiency)
-        narrow = [f"lang:{language}" for language in profile.languages]
-        if SIGN_LANGUAGE_SKILL in profile.skills and VIDEO_CAPABILITY in profile.capabilities:
-            narrow.append(SIGN_LANGUAGE_SKILL)
-        if ELDERLY_CARE_TRAINING in profile.training:
-            narrow.append(ELDERLY_CARE_TRAINING)
-        for skill in profile.skills:
-            lists = [self._free[skill], *(self._free_narrow.setdefault((skill, tag), []) for tag in narrow)]
-            level = -levels.get(skill, DEFAULT_PROFICIENCY)
-            for entries in lists:
-                if status.free_key is not None:
-                    del entries[bisect.bisect_left(entries, (level, *status.free_key))]
-                if key is not None:
-                    bisect.insort(entries, (level, *key))
+        was_free = status.free_key is not None
         status.free_key = key
+        narrow = self._free_narrow
+        for skill, level in status.levels.items():
+            lists = [self._free[skill], *(narrow[(skill, tag)] for tag in status.narrow_tags)]
+            for agents in lists:
+                if was_free:
+                    agents.remove(status, level)
+                if key is not None:
+                    agents.add(status, level)
 
-    def _free_for(self, waiter: _Waiter, base: list[tuple[int, float, str]] | None = None,
-                  ) -> list[tuple[int, float, str]]:
+    def _free_for(self, waiter: _Waiter, base: _FreeAgents | None = None) -> _FreeAgents:
         """Return the shortest free-agent list that still contains every agent in ``base`` who may fit ``waiter``.
 
         ``base`` is the skill's whole free list unless given.
         """
-        lists = [self._free.get(waiter.skill, []) if base is None else base]
+        lists = [self._free.get(waiter.skill, _NO_FREE_AGENTS) if base is None else base]
         for need in waiter.needs:
             if need == SIGN_LANGUAGE_NEED:
-                lists.append(self._free_narrow.get((waiter.skill, SIGN_LANGUAGE_SKILL), []))
+                lists.append(self._free_narrow.get((waiter.skill, SIGN_LANGUAGE_SKILL), _NO_FREE_AGENTS))
             elif need.startswith(DIALECT_NEED_PREFIX):
-                lists.append(self._free_narrow.get((waiter.skill, f"lang:{need.removeprefix(DIALECT_NEED_PREFIX)}"), []))
+                tag = f"lang:{need.removeprefix(DIALECT_NEED_PREFIX)}"
+                lists.append(self._free_narrow.get((waiter.skill, tag), _NO_FREE_AGENTS))
         return min(lists, key=len)
 
     def _queue_key(self, waiter: _Waiter) -> tuple[float, int]:
@@ -668,6 +794,7 @@ class AgentPool:
             call_id, skill, frozenset(exclude), priority, frozenset(needs), tier, preferred_agent,
             arrival.arrived_at if waiting_since is None else waiting_since, next(self._sequence), loop.create_future(),
         )
+        arrival.waiter = waiter
         self._waiting[waiter.sequence] = waiter
         self._waiting_ids[call_id] = self._waiting_ids.get(call_id, 0) + 1
         self._enqueue(waiter)
@@ -735,7 +862,9 @@ class AgentPool:
     async def release(self, reservation: Reservation, *, reason: str, outcome: ReleaseOutcome | None = None) -> None:
         """End a reservation.
 
-        After a connected call the agent enters wrap-up. When the phone rang and was not
+        After a connected call the agent enters wrap-up, also when the call was cut off
+        while connected (``outcome`` ABANDONED with the device in use: the switch dropped
+        it or the caller hung up mid-conversation). When the phone rang and was not
         answered (``outcome`` NO_ANSWER, or no outcome given and the device rang but never
         went in use) the agent is paused with the configured reason.
         """
@@ -743,7 +872,7 @@ class AgentPool:
         if status.call_id != reservation.call_id:
             return
 
-        answered = outcome is ReleaseOutcome.ANSWERED or (outcome is None and status.connected)
+        answered = outcome is ReleaseOutcome.ANSWERED or (outcome is not ReleaseOutcome.NO_ANSWER and status.connected)
         no_answer = outcome is ReleaseOutcome.NO_ANSWER or (outcome is None and status.ringing and not status.connected)
         status.call_id = None
         status.ringing = status.connected = False
@@ -795,6 +924,8 @@ class AgentPool:
                 return f"来电需要手语，坐席不具备技能 {SIGN_LANGUAGE_SKILL}"
             if VIDEO_CAPABILITY not in profile.capabilities:
                 return "来电需要手语，坐席话机不支持视频"
+            if status.video_blocked:
+                return "来电需要手语，坐席的话机端点在交换机上没有开通视频编解码（pjsip.conf 的 allow 中没有视频格式）"
         for need in waiter.needs:
             if need.startswith(DIALECT_NEED_PREFIX):
                 dialect = need.removeprefix(DIALECT_NEED_PREFIX)
@@ -812,7 +943,7 @@ class AgentPool:
     def _agent_score(self, status: _AgentStatus, waiter: _Waiter) -> tuple[float, tuple[str, ...]]:
         s = self._settings
         profile = status.profile
-        level = profile.level(waiter.skill)
+        level = status.levels.get(waiter.skill, 0)
         score = level * s.proficiency_weight
         reasons = [f"熟练度 {level}"]
         if SLOW_SPEECH_NEED in waiter.needs and ELDERLY_CARE_TRAINING in profile.training:
@@ -852,15 +983,20 @@ class AgentPool:
         if self._held(waiter, now):
             status = self._agents[waiter.preferred_agent or ""]
             return status.free_key is not None and self._exclusion(status, waiter, now) is None
-        agents = self._agents
-        return any(self._exclusion(agents[agent_id], waiter, now) is None
-                   for _, _, agent_id in self._free_for(waiter))
+        for _, agents in self._free_for(waiter).by_level():
+            for status in agents.values():
+                if self._exclusion(status, waiter, now) is None:
+                    return True
+        return False
 
     def _rank_capped(self, waiter: _Waiter, now: float):
         """``_rank`` for a large pool: the best candidates and the first exclusions, then counts.
 
         Free agents are scanned best proficiency first and the scan stops once no agent
-        left can beat the last listed candidate.
+        left can beat the last listed candidate. Further excluded agents (busy, paused, or
+        free but unfit for the call's needs) are looked for among the first
+        ``EXCLUSION_SCAN_FACTOR * explain_list_size`` agents of the skill in roster order,
+        so a skill whose first agents are all fit and free lists fewer of them.
         """
         s = self._settings
         size = s.explain_list_size
@@ -876,7 +1012,7 @@ class AgentPool:
         # full list's pass can leave that bonus out of its bound.
         passes = [(self._free_for(waiter), tier_bonus)]
         if SLOW_SPEECH_NEED in waiter.needs and s.elderly_care_bonus > 0:
-            trained = self._free_narrow.get((waiter.skill, ELDERLY_CARE_TRAINING), [])
+            trained = self._free_narrow.get((waiter.skill, ELDERLY_CARE_TRAINING), _NO_FREE_AGENTS)
             passes.insert(0, (self._free_for(waiter, trained), s.elderly_care_bonus + tier_bonus))
 
         def consider(status: _AgentStatus) -> None:
@@ -898,33 +1034,35 @@ class AgentPool:
         if preferred is not None and preferred.free_key is not None and waiter.skill in preferred.profile.skills:
             consider(preferred)
         for free, bonus in passes:
-            position = 0
-            while position < len(free):
-                neg_level, idle_since, agent_id = free[position]
+            for level, agents in free.by_level():
+                bound = level * s.proficiency_weight + bonus
+                if len(best) >= size and bound < best[0][0]:
+                    break
+                # Within one level the agents run in idle order, so once one cannot beat
+                # the last listed candidate, no later agent of that level can either.
+                for agent_id, status in agents.items():
+                    if held and len(excluded) >= size:
+                        break
+                    if len(best) >= size and (bound, -status.idle_since, _Descending(agent_id)) < best[0]:
+                        break
+                    if agent_id not in listed:
+                        consider(status)
                 if held and len(excluded) >= size:
                     break
-                if len(best) >= size:
-                    # Within one level the list runs in idle order, so once an agent cannot
-                    # beat the last listed candidate, no later agent of that level can either.
-                    bound = -neg_level * s.proficiency_weight + bonus
-                    if bound < best[0][0]:
-                        break
-                    if (bound, -idle_since, _Descending(agent_id)) < best[0]:
-                        position = bisect.bisect_left(free, (neg_level + 1,))
-                        continue
-                if agent_id not in listed:
-                    consider(self._agents[agent_id])
-                position += 1
         candidates.sort(key=lambda c: (-c[1], c[0].idle_since, c[0].profile.agent_id))
         del candidates[size:]
         listed = {c[0].profile.agent_id for c in candidates} | {e.agent_id for _, e in excluded}
 
-        for status in self._by_skill.get(waiter.skill, ()):
+        for status in itertools.islice(self._by_skill.get(waiter.skill, ()), EXCLUSION_SCAN_FACTOR * size):
             if len(excluded) >= size:
                 break
-            if status.free_key is None and status.profile.agent_id not in listed:
-                excluded.append((status.order, Exclusion(status.profile.agent_id,
-                                                         self._exclusion(status, waiter, now) or "")))
+            if status.profile.agent_id in listed:
+                continue
+            # A free agent the scan skipped is either a lower candidate (no reason) or one the
+            # call's needs rule out, which the narrowed free list left out.
+            reason = self._exclusion(status, waiter, now)
+            if reason is not None:
+                excluded.append((status.order, Exclusion(status.profile.agent_id, reason)))
         excluded.sort(key=lambda e: e[0])
         exclusions = [e for _, e in excluded]
 
@@ -1021,8 +1159,9 @@ class AgentPool:
             return "best_agent"
         return "higher_calls_ineligible"
 
-    def _explain_waiting(self, waiter: _Waiter) -> None:
-        """Record why a call found no agent on arrival."""
+    def _explain_waiting(self, waiter: _Waiter, *, rule: str = "no_eligible_agent",
+                         overflow_target: str | None = None) -> None:
+        """Record why a call found no agent on arrival, or (with ``overflow_target``) when it overflowed."""
         now = self._clock()
         s = self._settings
         if len(self._agents) <= s.explain_all_limit:
@@ -1033,12 +1172,13 @@ class AgentPool:
         if len(self._waiting) > s.explain_all_limit:
             pending = itertools.islice(pending, s.explain_list_size)
         self._record(RoutingDecision(
-            call_id=waiter.call_id, decided_at=self._wall_clock(), rule="no_eligible_agent", skill=waiter.skill,
+            call_id=waiter.call_id, decided_at=self._wall_clock(), rule=rule, skill=waiter.skill,
             needs=tuple(sorted(waiter.needs)), priority=waiter.priority,
             call_score=round(self.waiting_score(waiter, now), 2), chosen_agent=None, candidates=(),
             exclusions=tuple(exclusions),
             waiting=tuple(WaitingCallScore(w.call_id, round(self.waiting_score(w, now), 2), w.priority)
                           for w in pending),
+            overflow_target=overflow_target,
         ))
 
     def _record(self, decision: RoutingDecision) -> None:

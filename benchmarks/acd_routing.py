@@ -9,7 +9,9 @@ sign language and a video phone, 10 % speaking a dialect, 20 % trained for elder
 Half of the agents work the 15 busy skills and half the 15 quiet ones. 10,000 calls wait
 in the busy skills with mixed priorities (a few emergencies) and needs (sign language,
 dialects, slow speech). Two directions are timed with ``time.perf_counter_ns``, each
-decision on its own, including building and recording the ``RoutingDecision``:
+decision on its own, including building and recording the ``RoutingDecision``. The
+thread's CPU time (``time.thread_time_ns``) is taken around the same calls: on a shared
+machine it leaves out the time the process waited for a core, which wall time includes.
 
 - agent free: a paused busy-skill agent becomes ready and the pool gives it the best
   waiting call (``AgentPool.set_paused(..., False)``). The agent is then released as
@@ -19,10 +21,14 @@ decision on its own, including building and recording the ``RoutingDecision``:
 
 The baseline, timed in the same run on the same data, is a naive linear scan: every
 waiting call (agent free) or every agent (new call) checked with the same rules. It
-builds no decision record, while the pool's time includes one. Every agent-free decision
-of the pool is checked against the scan's choice.
+builds no decision record, while the pool's time includes one. Every decision of the
+pool, in both directions, is checked against the scan's choice.
 Results print p50, p99 and max per size, the growth per tenfold agents and the ratio to
 the baseline, with the machine, versions and date.
+
+By default the set-up ends with ``gc.collect(); gc.freeze()``, as a county node does once
+it has built its pool (``hotline/nodes.py``), so full garbage collections do not walk the
+roster and the queue. ``--no-freeze`` measures without it.
 """
 
 from __future__ import annotations
@@ -200,7 +206,7 @@ def _run_to_end(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze: bool = False) -> dict[str, Timings]:
+async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze: bool = True) -> dict[str, Timings]:
     rng = random.Random(seed)
     clock_now = [1000.0]
     recorder = _Recorder()
@@ -236,13 +242,12 @@ async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze:
     await asyncio.sleep(0)
 
     by_id = {c["call_id"]: c for c in calls}
-    # With ``--freeze`` the roster and queue, which live for the whole run, are moved out of
-    # the collector's generations, so full collections do not walk them between decisions.
-    # NOTE: a node does not call gc.freeze; compare a run without the flag.
+    # The roster and queue, which live for the whole run, leave the collector's generations,
+    # so full collections do not walk them between decisions (a county node does the same).
     if freeze:
         gc.collect()
         gc.freeze()
-    agent_free, naive_free = [], []
+    agent_free, naive_free, agent_free_cpu = [], [], []
     for _ in range(decisions):
         clock_now[0] += 0.01
         agent = rng.choice(busy_agents)
@@ -252,15 +257,18 @@ async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze:
         naive_free.append(time.perf_counter_ns() - started)
 
         before = recorder.decisions
+        cpu_started = time.thread_time_ns()
         started = time.perf_counter_ns()
         await pool.set_paused(agent.agent_id, False)
         elapsed = time.perf_counter_ns() - started
+        cpu_elapsed = time.thread_time_ns() - cpu_started
         decision = recorder.last if recorder.decisions > before else None
         if decision is None:
             # No waiting call fits this agent (a rare skill mix); put it back and draw again.
             await pool.set_paused(agent.agent_id, True, reason="break")
             continue
         agent_free.append(elapsed)
+        agent_free_cpu.append(cpu_elapsed)
         if expected is None or decision.call_id != expected["call_id"]:
             raise SystemExit(f"pool and naive scan disagree for {agent.agent_id}: "
                              f"{decision.call_id} vs {expected and expected['call_id']}")
@@ -278,21 +286,27 @@ async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze:
     index_of = {a.agent_id: i for i, a in enumerate(roster)}
     for agent in quiet_free:
         free_flags[index_of[agent.agent_id]] = True
-    new_call, naive_new = [], []
+    new_call, naive_new, new_call_cpu = [], [], []
     for number in range(decisions):
         clock_now[0] += 0.01
         call = make_call(rng, QUIET) | {"arrived": clock_now[0], "sequence": sequence}
         sequence += 1
 
         started = time.perf_counter_ns()
-        naive_best_agent(roster, free_flags, idle, call)
+        expected_agent = naive_best_agent(roster, free_flags, idle, call)
         naive_new.append(time.perf_counter_ns() - started)
 
+        cpu_started = time.thread_time_ns()
         started = time.perf_counter_ns()
         finished, reservation = _run_to_end(pool.reserve(
             f"n{number}", call["skill"], timeout_s=1e9, priority=call["priority"], needs=call["needs"],
             tier=call["tier"]))
         new_call.append(time.perf_counter_ns() - started)
+        new_call_cpu.append(time.thread_time_ns() - cpu_started)
+        chosen = reservation.agent_id if finished and reservation is not None else None
+        if chosen != (expected_agent.agent_id if expected_agent is not None else None):
+            raise SystemExit(f"pool and naive scan disagree for call n{number}: "
+                             f"{chosen} vs {expected_agent and expected_agent.agent_id}")
         if finished and reservation is not None:
             await pool.release(reservation, reason="bench", outcome=ReleaseOutcome.ABANDONED)
             idle[index_of[reservation.agent_id]] = clock_now[0]
@@ -304,6 +318,7 @@ async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze:
     return {
         "agent_free": Timings("坐席空闲→选来电", agent_free), "agent_free_naive": Timings("naive", naive_free),
         "new_call": Timings("新来电→选坐席", new_call), "new_call_naive": Timings("naive", naive_new),
+        "agent_free_cpu": Timings("cpu", agent_free_cpu), "new_call_cpu": Timings("cpu", new_call_cpu),
     }
 
 
@@ -313,7 +328,8 @@ def main() -> None:
     parser.add_argument("--waiting", type=int, default=10_000)
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=12349)
-    parser.add_argument("--freeze", action="store_true", help="gc.freeze() the roster and queue before timing")
+    parser.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=True,
+                        help="gc.collect() and gc.freeze() after the set-up, as a county node does (default: on)")
     args = parser.parse_args()
     configure_logging("WARNING")
 
@@ -330,13 +346,18 @@ def main() -> None:
             pool_t, naive_t = results[size][direction], results[size][direction + "_naive"]
             print(f"  {direction:10s} pool  p50 {pool_t.quantile(0.5):.3f} ms  p99 {pool_t.quantile(0.99):.3f} ms  "
                   f"max {pool_t.max_ms:.3f} ms  (n={len(pool_t.samples_ns)})")
+            cpu_t = results[size][direction + "_cpu"]
+            print(f"  {direction:10s} cpu   p50 {cpu_t.quantile(0.5):.3f} ms  p99 {cpu_t.quantile(0.99):.3f} ms  "
+                  f"max {cpu_t.max_ms:.3f} ms")
             print(f"  {direction:10s} naive p50 {naive_t.quantile(0.5):.3f} ms  p99 {naive_t.quantile(0.99):.3f} ms  "
                   f"max {naive_t.max_ms:.3f} ms  naive/pool p50 {naive_t.quantile(0.5) / pool_t.quantile(0.5):.1f}x")
 
     for previous, size in zip(sizes, sizes[1:]):
         for direction in ("agent_free", "new_call"):
             growth = results[size][direction].quantile(0.99) / results[previous][direction].quantile(0.99)
-            print(f"p99 growth {previous} -> {size} agents, {direction}: {growth:.2f}x")
+            cpu_growth = (results[size][direction + "_cpu"].quantile(0.99)
+                          / results[previous][direction + "_cpu"].quantile(0.99))
+            print(f"p99 growth {previous} -> {size} agents, {direction}: {growth:.2f}x (cpu {cpu_growth:.2f}x)")
 
 
 if __name__ == "__main__":

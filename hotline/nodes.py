@@ -8,6 +8,7 @@ province) receives its children's ticket events from its own broker and stores t
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from acd.pool import AcdSettings, AgentPool, AgentProfile
+from acd.pool import VIDEO_CAPABILITY, AcdSettings, AgentPool, AgentProfile
 from acd.roster import load_roster
 from acd.settings import load_acd_settings
 from hotline.brokers import client_security
@@ -28,6 +29,7 @@ from hwd_bridge.agi_channel import AgiChannel
 from hwd_bridge.agi_protocol import AgiEnvironment
 from hwd_bridge.ami_client import AmiClient
 from hwd_bridge.ami_device_state import endpoint_state_from_ami_event
+from hwd_bridge.ami_endpoint_media import endpoint_allows_video
 from hwd_bridge.ami_errors import AmiError
 from hwd_bridge.ami_protocol import AmiMessage
 from hwd_bridge.fastagi_server import HOTLINE_DONE_VARIABLE, FastAgiServer
@@ -100,6 +102,8 @@ class CountyNode:
         self._flow_watcher: FlowWatcher | None = None
         self._flow_poll_interval_s = flow_poll_interval_s
         self._pool: AgentPool | None = None
+        # (agent id, endpoint) of the roster agents listed with a video phone.
+        self._video_agents: list[tuple[str, str]] = []
         self._acd_store: AcdStore | None = None
         self._acd_recorder: AcdStoreRecorder | None = None
         self._runner: FlowRunner | None = None
@@ -143,6 +147,12 @@ class CountyNode:
         self._acd_store = await AcdStore.open(acd_path(self.config.database))
         self._acd_recorder = AcdStoreRecorder(self._acd_store)
         self._pool = AgentPool(roster, settings=acd_settings, recorder=self._acd_recorder)
+        self._video_agents = [(agent.agent_id, agent.endpoint) for agent in roster
+                              if VIDEO_CAPABILITY in agent.capabilities]
+        # The roster and pool live as long as the node, so full collections need not walk them
+        # (without this, single routing decisions stall up to 0.24 s at 50,000 agents).
+        gc.collect()
+        gc.freeze()
         _warn_unstaffed_skills(flow, roster)
         self._agent_desk = AgentDesk(self._pool, self._acd_store, self.config.node_id,
                                      agent_names={agent.agent_id: agent.name for agent in roster},
@@ -164,7 +174,8 @@ class CountyNode:
             await self._start_publisher(publisher)
         default_area_code = await self._open_profiles()
         self._desk = TicketDesk(self._store, on_written=self.notify_publishers, profiles=self._profiles,
-                                default_area_code=default_area_code, call_recordings_dir=self._call_recordings_dir)
+                                default_area_code=default_area_code, call_recordings_dir=self._call_recordings_dir,
+                                parent_node_id=parent.node_id)
         overrides = load_calendar_overrides(telephony.calendar_overrides) if telephony.calendar_overrides else None
         speech = telephony.speech
         # A missing or unloadable model is logged and leaves the menus on keys only.
@@ -311,6 +322,19 @@ class CountyNode:
                 await self._pool.device_state_changed(*parsed)
                 synced += 1
         log.info("agent states resynced", count=synced)
+        await self._check_video_phones(client)
+
+    async def _check_video_phones(self, client: AmiClient) -> None:
+        """Match each video-phone agent of the roster against the codecs its endpoint allows on the switch."""
+        assert self._pool is not None
+        for agent_id, endpoint in self._video_agents:
+            allows_video = await endpoint_allows_video(client, endpoint)
+            if allows_video is None:
+                continue
+            self._pool.set_video_phone(agent_id, allows_video)
+            if not allows_video:
+                log.warning("roster lists a video phone but its endpoint allows no video codec; "
+                            "the agent takes no sign-language call", agent_id=agent_id, endpoint=endpoint)
 
 
 class ParentNode:

@@ -35,6 +35,8 @@ DEFAULT_RING_TIMEOUT_S = 30
 # A trunk is a PJSIP endpoint name; a number is digits with an optional leading +.
 _TRUNK_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 _NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
+# Longest callback conversation waited for when the Hangup event of the agent's channel is missed.
+MAX_CALLBACK_TALK_S = 2 * 3600.0
 
 
 class CallbackResult(enum.Enum):
@@ -148,25 +150,34 @@ class AmiCallbackOriginator:
     """``CallbackOriginator`` over AMI: Originate ``PJSIP/<agent>`` running ``Dial(PJSIP/<number>@<trunk>)``.
 
     The agent's channel gets a known ``ChannelId``, so the ``DialEnd`` event of its Dial
-    tells whether the citizen answered.
+    tells whether the citizen answered, and its ``Hangup`` event when the conversation
+    ended. ``call_back`` returns only then, so the agent's wrap-up starts after the
+    conversation, as after a queued call.
     """
 
-    def __init__(self, ami: AmiClient, trunk: str, *, caller_id: str = "12349") -> None:
+    def __init__(self, ami: AmiClient, trunk: str, *, caller_id: str = "12349",
+                 max_talk_s: float = MAX_CALLBACK_TALK_S) -> None:
         if not _TRUNK_RE.match(trunk):
             raise ValueError(f"invalid callback trunk {trunk!r}: use a PJSIP endpoint name")
         self._ami = ami
         self._trunk = trunk
         self._caller_id = caller_id
+        self._max_talk_s = max_talk_s
         self._dial_ends: dict[str, asyncio.Future[str]] = {}
+        self._hangups: dict[str, asyncio.Future[None]] = {}
         ami.subscribe(self._on_dial_end, event_names=["DialEnd"])
+        ami.subscribe(self._on_hangup, event_names=["Hangup"])
 
     async def call_back(self, agent_endpoint: str, number: str, *, call_id: str,
                         ring_timeout_s: int) -> CallbackResult:
         if not _NUMBER_RE.match(number):
             raise ValueError(f"invalid callback number {mask_phone(number)}: expected 3 to 20 digits")
         channel_id = f"cb-{call_id}".replace(".", "-")
-        dial_end: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        dial_end: asyncio.Future[str] = loop.create_future()
+        hangup: asyncio.Future[None] = loop.create_future()
         self._dial_ends[channel_id] = dial_end
+        self._hangups[channel_id] = hangup
         try:
             call = await self._ami.originate(
                 f"PJSIP/{agent_endpoint}", application="Dial",
@@ -182,14 +193,33 @@ class AmiCallbackOriginator:
                         else CallbackResult.FAILED)
             # The agent answered; Dial now rings the citizen and DialEnd reports the result.
             status = await asyncio.wait_for(dial_end, timeout=ring_timeout_s + 30)
+            log.info("queue callback dialled citizen", call_id=call_id, dial_status=status)
+            if status == "ANSWER":
+                await self._conversation_over(hangup, call_id)
         except (AmiError, TimeoutError) as exc:
             log.warning("queue callback failed on the switch", call_id=call_id, error=str(exc))
             return CallbackResult.FAILED
         finally:
             self._dial_ends.pop(channel_id, None)
+            self._hangups.pop(channel_id, None)
 
-        log.info("queue callback dialled citizen", call_id=call_id, dial_status=status)
         return CallbackResult.CONNECTED if status == "ANSWER" else CallbackResult.CITIZEN_NO_ANSWER
+
+    async def _conversation_over(self, hangup: asyncio.Future[None], call_id: str) -> None:
+        """Wait for the agent's channel to hang up, at most ``max_talk_s``.
+
+        NOTE: a Hangup event lost while AMI reconnects ends this wait only at the bound;
+        the pool frees the agent earlier, ``reservation_ttl_s`` after the phone goes idle.
+        """
+        try:
+            await asyncio.wait_for(asyncio.shield(hangup), timeout=self._max_talk_s)
+        except TimeoutError:
+            log.warning("queue callback hang-up not seen", call_id=call_id, max_talk_s=self._max_talk_s)
+
+    def _on_hangup(self, event: AmiMessage) -> None:
+        future = self._hangups.get(event.get("Uniqueid") or "")
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _on_dial_end(self, event: AmiMessage) -> None:
         future = self._dial_ends.get(event.get("Uniqueid") or "")

@@ -31,8 +31,10 @@ from storage.errors import StorageError, TicketNotFound
 from storage.profile_store import ProfileStore
 from storage.ticket_store import TicketStore
 from tickets.call_record import CallInputs, CallOutcome, CallRecord, RecordedKey
-from tickets.lifecycle import OPEN_STATES
+from tickets.envelope import EMERGENCY_CALLBACK_KEY, EMERGENCY_OVERFLOW_REASON
+from tickets.lifecycle import OPEN_STATES, TransitionRejected
 from tickets.model import TicketCategory
+from tier_sync.escalation import ESCALATE_TO_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -60,10 +62,12 @@ class TicketDesk:
 
     def __init__(self, store: TicketStore, *, on_written: Callable[[], None] = lambda: None,
                  profiles: ProfileStore | None = None, default_area_code: str | None = None,
-                 call_recordings_dir: Path | None = None):
+                 call_recordings_dir: Path | None = None, parent_node_id: str | None = None):
         """``call_recordings_dir`` is the switch's monitor folder as this process sees it; with
-        it, each recorded agent call is added to its ticket as an attachment."""
+        it, each recorded agent call is added to its ticket as an attachment. ``parent_node_id``
+        is the node an emergency overflow's ticket is escalated to."""
         self._store = store
+        self._parent_node_id = parent_node_id
         self._call_recordings_dir = call_recordings_dir
         self._on_written = on_written
         self._profiles = profiles
@@ -171,6 +175,61 @@ class TicketDesk:
             "node": session.last_node,
             "skill": session.skill,
         })
+
+    async def overflow_dialling(self, session: CallSession) -> None:
+        """Write ``emergency_overflow`` before the trunk dial, opening the ticket whose id travels with the call."""
+        await self._event_with_ticket(session, "emergency_overflow", self._overflow_payload(session))
+
+    async def overflow_escalated(self, session: CallSession) -> bool:
+        """Escalate (提级) the call's ticket to the parent node as an emergency callback request.
+
+        The parent opens its own linked ticket. The escalation carries the caller's number
+        in clear (``EMERGENCY_CALLBACK_KEY``), the only number that goes upward, because the
+        tier above must be able to call a caller in danger back.
+        """
+        if self._parent_node_id is None:
+            log.error("emergency overflow not escalated: node has no parent", call_id=session.call.call_id,
+                      ticket_id=session.ticket_id)
+            return False
+        if session.ticket_id is None:
+            await self._open_ticket(session, reason="emergency_overflow")
+        if session.ticket_id is None:
+            return False
+
+        number = session.call.caller.number
+        payload = self._overflow_payload(session)
+        payload.update({
+            ESCALATE_TO_KEY: self._parent_node_id,
+            "reason": EMERGENCY_OVERFLOW_REASON,
+            # Sensitive, but the tier above needs them so that it does not ask again.
+            "needs": sorted(session.needs),
+            "number_masked": mask_phone(number),
+        })
+        if number:
+            payload[EMERGENCY_CALLBACK_KEY] = number
+        note = "紧急来电本级无坐席及时接听，已提级，请上级尽快回电"
+        try:
+            event = await self._store.apply_action(session.ticket_id, "escalate", IVR_ACTOR, note=note,
+                                                   payload=payload)
+        except (StorageError, TransitionRejected) as exc:
+            log.error("emergency overflow not escalated", call_id=session.call.call_id,
+                      ticket_id=session.ticket_id, error=str(exc))
+            return False
+        log.warning("emergency overflow escalated", call_id=session.call.call_id, ticket_id=session.ticket_id,
+                    parent=self._parent_node_id, seq=event.seq)
+        self._on_written()
+        return True
+
+    @staticmethod
+    def _overflow_payload(session: CallSession) -> dict[str, object]:
+        return {
+            "call_id": session.call.call_id,
+            "via": session.overflow_via,
+            "tier": session.overflow_tier,
+            "skill": session.skill,
+            "priority": session.priority,
+            "waited_seconds": session.overflow_waited_s,
+        }
 
     async def message_recorded(self, session: CallSession) -> None:
         await self._event_with_ticket(session, "voice_message", {
@@ -311,6 +370,9 @@ class TicketDesk:
             payload["caller_ref"] = self._profiles.number_ref(session.call.caller.number)
         if session.caller_profile is not None:
             payload["profile_ref"] = session.caller_profile.profile_ref
+        if session.handoff is not None and session.handoff.ticket_id is not None:
+            # The call overflowed here from a lower tier; its ticket there is linked.
+            payload["lower_tier_ticket_id"] = session.handoff.ticket_id
         try:
             ticket = await self._store.open_ticket(
                 session.call.call_id,

@@ -20,6 +20,7 @@ from hwd_bridge.agi_channel import AgiChannel, EndReason, StreamFileResult
 from hwd_bridge.agi_protocol import AgiEnvironment
 from hwd_bridge.errors import AgiError, AgiHangup
 from ivr.call import Call, CallerId
+from ivr.overflow import OverflowHandoff
 from ivr.ports import (
     CallEnded,
     CallPortError,
@@ -40,6 +41,9 @@ _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 # A number dialled out through a trunk, and a trunk (PJSIP endpoint) name.
 _NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
+# Dialplan subroutine (extensions.conf) that puts the overflow headers on the outgoing INVITE.
+OVERFLOW_HEADERS_CONTEXT = "hotline-overflow-headers"
+_HANDOFF_VALUE_RE = re.compile(r"^[A-Za-z0-9%._~+-]{1,400}$")
 
 # A recording name: no path separators and no '.', which Record reads as the format.
 _RECORDING_NAME_RE = re.compile(r"[^A-Za-z0-9_\-]")
@@ -142,16 +146,29 @@ class AgiCallPort:
             raise ValueError(f"invalid agent endpoint {endpoint!r}: use letters, digits, '.', '_' and '-'")
         return await self._dial(f"PJSIP/{endpoint}", endpoint, ring_timeout_s)
 
-    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int,
+                               handoff: OverflowHandoff | None = None) -> DialResult:
         """Dial ``PJSIP/<number>@<trunk>``: the trunk is a PJSIP endpoint toward the other tier or carrier.
 
-        The result is read the same way as for an agent.
+        With ``handoff``, Dial's pre-dial handler (option ``b``) runs the dialplan
+        subroutine ``OVERFLOW_HEADERS_CONTEXT`` on the outgoing channel, which adds the
+        ticket id, need tags and priority to the INVITE as ``X-Hotline-*`` headers. The
+        result is read the same way as for an agent.
         """
         if not _NUMBER_RE.match(number):
             raise ValueError(f"invalid transfer number {number!r}: use digits with an optional leading '+'")
         if not _ENDPOINT_RE.match(trunk):
             raise ValueError(f"invalid trunk {trunk!r}: use letters, digits, '.', '_' and '-'")
-        return await self._dial(f"PJSIP/{number}@{trunk}", trunk, ring_timeout_s)
+
+        options = ""
+        if handoff is not None:
+            values = handoff.header_values()
+            # Subroutine arguments are separated by '^' inside Dial's options; the values
+            # are ticket ids, digits and percent-encoded text, which never contain '^', ',' or ')'.
+            if any(not _HANDOFF_VALUE_RE.match(value) for value in values):
+                raise ValueError(f"overflow header values {values!r} contain characters Dial cannot pass")
+            options = f"b({OVERFLOW_HEADERS_CONTEXT}^s^1({'^'.join(values)}))"
+        return await self._dial(f"PJSIP/{number}@{trunk}", trunk, ring_timeout_s, options)
 
     async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:
         """Record after a beep with the Record application, until silence, ``#`` or ``max_seconds``.
@@ -201,7 +218,7 @@ class AgiCallPort:
         log.info("answer recorded", file=f"{stem}.wav", reason=reply.data, samples=samples)
         return RecordingResult(file_name=f"{stem}.wav", duration_s=samples / _RECORD_SAMPLE_RATE_HZ)
 
-    async def _dial(self, target: str, endpoint: str, ring_timeout_s: int) -> DialResult:
+    async def _dial(self, target: str, endpoint: str, ring_timeout_s: int, options: str = "") -> DialResult:
         if ring_timeout_s <= 0:
             raise ValueError(f"ring_timeout_s must be positive, got {ring_timeout_s}")
 
@@ -211,7 +228,7 @@ class AgiCallPort:
         timeout_s = ring_timeout_s + self._max_talk_s
         started = self._clock()
         result = await self._call(
-            self._channel.exec("Dial", f"{target},{ring_timeout_s},g", timeout_s=timeout_s)
+            self._channel.exec("Dial", f"{target},{ring_timeout_s},g{options}", timeout_s=timeout_s)
         )
         dial_seconds = self._clock() - started
         if result < 0:

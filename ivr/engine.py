@@ -22,6 +22,7 @@ import structlog
 from acd.pool import AgentPool, ReleaseOutcome, Reservation
 from acd.queue_estimate import HandleTimes, QueueEstimate, estimate_queue
 from ivr.call import Call
+from ivr.overflow import HandoffError, OverflowHandoff, handoff_from_args
 from ivr.entry import normalize_id_number, valid_id_number, valid_phone
 from ivr.flow import (
     DEFAULT_SKILL,
@@ -29,6 +30,7 @@ from ivr.flow import (
     BranchNode,
     CallbackNode,
     CollectNode,
+    EmergencyOverflow,
     Flow,
     HangupNode,
     Listen,
@@ -173,6 +175,14 @@ class CallSession:
     # The switch's file of the recorded agent conversation (MixMonitor), relative to the
     # switch's monitor folder (astspooldir/monitor).
     call_recording_file: str | None = None
+    # What a lower tier sent with a call it overflowed to this node: its ticket id, the
+    # caller's need tags and the priority.
+    handoff: OverflowHandoff | None = None
+    # Set when this call overflowed to the tier above: "trunk" (dialled through the trunk
+    # between the tiers) or "callback" (ticket escalated with a callback request).
+    overflow_via: str | None = None
+    overflow_tier: str | None = None
+    overflow_waited_s: float = 0.0
 
     @property
     def last_node(self) -> str | None:
@@ -201,6 +211,18 @@ class CallHooks(Protocol):
     async def callback_requested(self, session: CallSession) -> None: ...
 
     async def survey_answered(self, session: CallSession) -> None: ...
+
+    async def overflow_dialling(self, session: CallSession) -> None:
+        """An emergency call is about to be dialled to the tier above; its ticket must exist now."""
+        ...
+
+    async def overflow_escalated(self, session: CallSession) -> bool:
+        """Escalate the emergency call's ticket to the tier above as a callback request.
+
+        Returns False when the escalation could not be written; the caller is then not
+        told that the tier above will call back.
+        """
+        ...
 
 
 def utc_now() -> datetime:
@@ -639,18 +661,45 @@ class FlowRunner:
         if when.caller == "open_ticket" and (session.caller_profile is None
                                              or session.caller_profile.open_ticket is None):
             return False
+        if when.caller == "overflow" and session.handoff is None:
+            return False
         return True
 
     # Call start: the caller's profile and the flow's call-start cases.
 
     async def _start_node(self, flow: Flow, session: CallSession) -> str:
         """Look the caller up, apply their profile to the session and return the first node to run."""
+        self._apply_handoff(session)
         await self._apply_caller_profile(session)
         for index, case in enumerate(flow.handlers.call_start):
             if self._holds(case.when, session):
                 log.info("call-start case taken", call_id=session.call.call_id, case=index, target=case.next)
                 return case.next
         return flow.start
+
+    def _apply_handoff(self, session: CallSession) -> None:
+        """Take over the need tags, priority and ticket link a lower tier sent with an overflowing call.
+
+        A bad value is logged and the call runs as one without a handoff, so the caller is
+        still served through the flow.
+        """
+        call_id = session.call.call_id
+        try:
+            handoff = handoff_from_args(session.call.args)
+        except HandoffError as exc:
+            log.warning("overflow handoff unusable, call runs without it", call_id=call_id, error=str(exc))
+            return
+        if handoff is None:
+            return
+
+        session.handoff = handoff
+        session.needs.update(handoff.needs)
+        session.priority = max(session.priority, handoff.priority)
+        if session.priority >= self._pool.settings.emergency_priority:
+            session.emergency = True
+        # Need tags are sensitive, so only their count is logged.
+        log.info("overflow from lower tier", call_id=call_id, lower_ticket_id=handoff.ticket_id,
+                 need_count=len(handoff.needs), priority=handoff.priority)
 
     async def _apply_caller_profile(self, session: CallSession) -> None:
         """Add a known caller's need tags, preferred agent and open ticket's skill to the session."""
@@ -766,8 +815,15 @@ class FlowRunner:
         session.skill = skill
         session.queue_entered_at = self._wall_clock()
 
+        # An emergency that no agent here takes within the configured time goes up a tier.
+        overflow = node.emergency_overflow
+        if session.priority < self._pool.settings.emergency_priority:
+            overflow = None
+
         if not self._pool.has_agent_for(skill):
             log.warning("no agent logged in for skill", call_id=call_id, skill=skill)
+            if overflow is not None:
+                return await self._overflow(flow, node, overflow, session, port, self._clock())
             session.outcome = CallOutcome.NO_AGENT
             return node.on_no_agent
 
@@ -776,6 +832,7 @@ class FlowRunner:
             await self._play(flow, node.recording_notice, session, port)
         queued_at = self._clock()
         deadline = queued_at + node.max_wait_s
+        overflow_at = queued_at + overflow.after_s if overflow is not None else None
         declined: set[str] = set()
         callback = self._queue_callback(node, session)
 
@@ -794,12 +851,16 @@ class FlowRunner:
                 waited: Reservation | None | _CallbackChosen = free_now
                 free_now = None
             else:
-                waited = await self._wait_for_agent(node, session, port, callback, declined,
-                                                    timeout_s=min(remaining, node.announce_every_s))
+                timeout_s = min(remaining, node.announce_every_s)
+                if overflow_at is not None:
+                    timeout_s = min(timeout_s, max(overflow_at - self._clock(), 0.0))
+                waited = await self._wait_for_agent(node, session, port, callback, declined, timeout_s=timeout_s)
             if waited is _CALLBACK_CHOSEN:
                 return await self._keep_place(flow, callback, session, port, queued_at)
             reservation = waited
             if reservation is None:
+                if overflow is not None and overflow_at is not None and self._clock() >= overflow_at:
+                    return await self._overflow(flow, node, overflow, session, port, queued_at)
                 if deadline - self._clock() > 0 and await self._announce_queue(flow, node, session, port, callback):
                     return await self._keep_place(flow, callback, session, port, queued_at)
                 continue
@@ -839,9 +900,64 @@ class FlowRunner:
                 # Every agent with the skill has been tried once; give them another chance.
                 declined.clear()
 
+        if overflow is not None:
+            return await self._overflow(flow, node, overflow, session, port, queued_at)
         session.outcome = CallOutcome.NO_AGENT
         log.info("no agent within queue limit", call_id=call_id, skill=skill, max_wait_s=node.max_wait_s)
         return node.on_no_agent
+
+    async def _overflow(
+        self, flow: Flow, node: QueueNode, overflow: EmergencyOverflow, session: CallSession, port: CallPort,
+        queued_at: float,
+    ) -> str:
+        """Send an emergency call to the tier above: through the trunk, else as an escalated callback ticket.
+
+        The ticket exists before the trunk dial, so its id travels in the INVITE with the
+        need tags and the priority, and the tier above does not ask the caller again. A
+        caller without a number cannot be called back from above: when the trunk fails for
+        them, the call goes to the queue's ``on_no_agent``.
+        """
+        call_id = session.call.call_id
+        session.overflow_waited_s = round(max(self._clock() - queued_at, 0.0), 1)
+        session.overflow_tier = overflow.tier
+        session.outcome = CallOutcome.NO_AGENT
+        target = f"trunk:{overflow.trunk}" if overflow.via == "trunk" else f"callback:{overflow.tier}"
+        self._pool.overflowed(call_id, target=target)
+        log.warning("emergency overflow to tier above", call_id=call_id, via=overflow.via, tier=overflow.tier,
+                    waited_s=session.overflow_waited_s, skill=session.skill)
+
+        if overflow.via == "trunk" and overflow.trunk is not None and overflow.number is not None:
+            session.overflow_via = "trunk"
+            await self._hooks.overflow_dialling(session)
+            if overflow.prompt:
+                await self._play(flow, overflow.prompt, session, port)
+            handoff = OverflowHandoff(session.ticket_id, frozenset(session.needs), session.priority)
+            result = await port.transfer_outside(overflow.number, overflow.trunk,
+                                                 ring_timeout_s=overflow.ring_timeout_s, handoff=handoff)
+            log.info("overflow transfer finished", call_id=call_id, ticket_id=session.ticket_id,
+                     trunk=overflow.trunk, status=result.status.value)
+            if result.answered:
+                session.transferred_to = overflow.tier
+                session.talk_seconds = result.talk_seconds
+                session.outcome = CallOutcome.COMPLETED
+                return overflow.next
+
+        if not session.call.caller.number:
+            log.warning("emergency overflow cannot ask for a callback: caller has no number", call_id=call_id)
+            return node.on_no_agent
+
+        # The trunk failed or is not configured: the tier above calls the caller back.
+        session.overflow_via = "callback"
+        session.callback_number = session.call.caller.number
+        session.callback_is_caller_number = True
+        if not await self._hooks.overflow_escalated(session):
+            log.error("emergency overflow not escalated, queue's no-agent path taken", call_id=call_id)
+            session.overflow_via = None
+            session.callback_number = None
+            session.callback_is_caller_number = False
+            return node.on_no_agent
+        await self._play(flow, overflow.callback_prompt, session, port)
+        return overflow.next
 
     @staticmethod
     def _queue_callback(node: QueueNode, session: CallSession) -> QueueCallback | None:

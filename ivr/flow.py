@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -149,7 +149,8 @@ class BranchCondition(_Strict):
     agents_available: bool = True
     # "known": the caller's number matched one citizen profile; "open_ticket": that caller
     # also has a ticket that is not closed, merged or cancelled.
-    caller: Literal["known", "open_ticket"] | None = None
+    # "overflow": the call came up from a lower tier's switch with its ticket and need tags.
+    caller: Literal["known", "open_ticket", "overflow"] | None = None
 
 
 class BranchCase(_Strict):
@@ -178,6 +179,34 @@ class QueueCallback(_Strict):
     next: str
 
 
+class EmergencyOverflow(_Strict):
+    """The tier above as the destination of an emergency call that no eligible agent here took within ``after_s``.
+
+    With ``via: trunk`` the call is dialled to ``number`` over ``trunk`` (the SIP trunk to
+    the tier above), with its ticket id, need tags and priority in the INVITE. When that
+    dial fails, or with ``via: callback``, the call's ticket is escalated (提级) to the
+    parent node as an emergency callback request and the caller hears ``callback_prompt``.
+    Either way the call then goes to ``next``.
+    """
+
+    after_s: Annotated[int, Field(ge=0, le=600)] = 30
+    via: Literal["trunk", "callback"] = "trunk"
+    prompt: PromptId | None = None
+    trunk: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,40}$")] | None = None
+    number: Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")] | None = None
+    tier: Literal["city", "province", "national"] = "city"
+    ring_timeout_s: Annotated[int, Field(ge=5, le=120)] = 30
+    callback_prompt: PromptId
+    next: str
+
+    @model_validator(mode="after")
+    def _trunk_needs_number(self) -> EmergencyOverflow:
+        if self.via == "trunk" and (self.trunk is None or self.number is None):
+            raise ValueError("via: trunk 需要同时填写 trunk（通往上级的中继）和 number（上级热线号码），"
+                             "或改为 via: callback")
+        return self
+
+
 class QueueNode(_Strict):
     """Connect the caller to an agent with the call's skill (or ``skill`` when given)."""
 
@@ -201,6 +230,9 @@ class QueueNode(_Strict):
     # Notice played once on entering the queue (为了服务质量，您的通话可能会被录音); with it
     # the switch records the call with the agent (MixMonitor) for the ticket.
     recording_notice: PromptId | None = None
+    # Emergency calls (priority at the emergency level) that wait longer than
+    # ``emergency_overflow.after_s`` leave for the tier above.
+    emergency_overflow: EmergencyOverflow | None = None
 
 
 class TransferNode(_Strict):
@@ -522,6 +554,8 @@ def _node_targets(node: Node) -> list[tuple[list[Any], str]]:
     edges = [(["next"], node.next)]
     if isinstance(node, QueueNode) and node.callback is not None:
         edges.append((["callback", "next"], node.callback.next))
+    if isinstance(node, QueueNode) and node.emergency_overflow is not None:
+        edges.append((["emergency_overflow", "next"], node.emergency_overflow.next))
     for field_name in ("on_exhausted", "on_no_agent", "on_failed"):
         target = getattr(node, field_name, None)
         if target is not None:
@@ -597,6 +631,9 @@ def _node_prompts(node: Node) -> list[tuple[list[Any], str | None]]:
     if isinstance(node, QueueNode) and node.callback is not None:
         prompts.append((["callback", "prompt"], node.callback.prompt))
         prompts.append((["callback", "done_prompt"], node.callback.done_prompt))
+    if isinstance(node, QueueNode) and node.emergency_overflow is not None:
+        prompts.append((["emergency_overflow", "prompt"], node.emergency_overflow.prompt))
+        prompts.append((["emergency_overflow", "callback_prompt"], node.emergency_overflow.callback_prompt))
 
     read_back = getattr(node, "read_back", None)
     if read_back is not None:

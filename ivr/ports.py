@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import date
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ivr.overflow import OverflowHandoff
 
 
 class CallEnded(Exception):
@@ -110,8 +113,13 @@ class CallPort(Protocol):
         """Record the caller after a beep into a file named after ``name``, until silence, ``#`` or the limit."""
         ...
 
-    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
-        """Dial ``number`` through the switch's trunk ``trunk`` and bridge the caller to it."""
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int,
+                               handoff: OverflowHandoff | None = None) -> DialResult:
+        """Dial ``number`` through the switch's trunk ``trunk`` and bridge the caller to it.
+
+        With ``handoff`` (an emergency overflow to the tier above) the call's ticket id,
+        need tags and priority go along in the call setup.
+        """
         ...
 
     async def start_hold_music(self, music_class: str) -> None:

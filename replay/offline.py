@@ -18,6 +18,7 @@ from acd.pool import AgentPool, AgentProfile, DeviceState
 from ivr.call import Call, CallerId
 from ivr.engine import CallSession, FlowRunner
 from ivr.flow import DEFAULT_SKILL, Flow, flow_skills
+from ivr.overflow import OverflowHandoff
 from ivr.ports import (
     CallEnded,
     DialResult,
@@ -127,7 +128,8 @@ class ReplayPort:
     async def connect_agent(self, endpoint: str, *, ring_timeout_s: int) -> DialResult:
         return await self._talk()
 
-    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int,
+                               handoff: OverflowHandoff | None = None) -> DialResult:
         return await self._talk()
 
     async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:
@@ -187,6 +189,13 @@ class OfflineHooks:
 
     async def survey_answered(self, session: CallSession) -> None:
         await self._ticket(session)
+
+    async def overflow_dialling(self, session: CallSession) -> None:
+        await self._ticket(session)
+
+    async def overflow_escalated(self, session: CallSession) -> bool:
+        await self._ticket(session)
+        return True
 
 
 @dataclass(frozen=True, slots=True)

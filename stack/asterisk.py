@@ -74,6 +74,15 @@ class AgentEndpoint:
     username: str
     password: str = field(repr=False)
     static_contact: str | None = None
+    # Dialplan context of calls this endpoint places: "from-agents" for an agent's phone,
+    # "from-lower-tier" for the trunk from a lower tier's switch.
+    context: str = "from-agents"
+    # True for a video phone: the endpoint also allows H.264 and VP8.
+    video: bool = False
+
+
+# Dialplan contexts a SIP endpoint's own calls may land in (extensions.conf).
+ENDPOINT_CONTEXTS = ("from-agents", "from-lower-tier")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +148,9 @@ def _check_agent(agent: AgentEndpoint) -> None:
     _check_config_value(f"password of agent {agent.endpoint_id}", agent.password)
     if agent.static_contact is not None:
         _check_config_value(f"static_contact of agent {agent.endpoint_id}", agent.static_contact)
+    if agent.context not in ENDPOINT_CONTEXTS:
+        raise ValueError(f"invalid context {agent.context!r} of endpoint {agent.endpoint_id}: "
+                         f"use one of {', '.join(ENDPOINT_CONTEXTS)}")
 
 
 def _check_prompt_file(path: Path) -> None:
@@ -351,6 +363,11 @@ class AsteriskInstance:
                 "username": agent.username,
                 "password": agent.password,
                 "static_contact": static_contact,
+                "context": agent.context,
+                "video_codecs": ",h264,vp8" if agent.video else "",
+                # A lower tier's trunk asserts the citizen's number in P-Asserted-Identity,
+                # since its From user names the trunk for identification.
+                "trunk_options": "trust_id_inbound = yes" if agent.context == "from-lower-tier" else "",
             }
             agent_blocks.append(render_template(agent_template, agent_values))
             agent_test_blocks.append(render_template(agent_test_template, agent_values))

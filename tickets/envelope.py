@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -67,6 +68,19 @@ _REF_KEY_SUFFIXES = ("_ref", "_refs")
 _REF_RE = re.compile(r"^[0-9a-f]{64}$")
 # Encrypted copies of personal data; they are readable only at the county and never go up.
 _SEALED_KEY_SUFFIX = "_sealed"
+# The one personal value that goes upward in clear: the number the tier above calls back
+# after an emergency overflowed to it. Without it no tier above the county could reach a
+# caller in danger. It is allowed only at the top level of an "escalated" event whose
+# payload reason is EMERGENCY_OVERFLOW_REASON, and only as a phone number.
+EMERGENCY_CALLBACK_KEY = "emergency_callback_number"
+EMERGENCY_OVERFLOW_REASON = "emergency_overflow"
+_EMERGENCY_NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+def _emergency_number_allowed(kind: str, payload: Mapping[str, Any]) -> bool:
+    value = payload.get(EMERGENCY_CALLBACK_KEY)
+    return (kind == "escalated" and payload.get("reason") == EMERGENCY_OVERFLOW_REASON
+            and isinstance(value, str) and bool(_EMERGENCY_NUMBER_RE.match(value)))
 
 
 class EnvelopeError(ValueError):
@@ -152,6 +166,14 @@ def mask_upward_text(value: Any, key: str = "") -> Any:
     return value
 
 
+def _upward_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Mask the payload for the trip upward, keeping an emergency overflow's callback number."""
+    masked = mask_upward_text(payload)
+    if _emergency_number_allowed(kind, payload):
+        masked[EMERGENCY_CALLBACK_KEY] = payload[EMERGENCY_CALLBACK_KEY]
+    return masked
+
+
 def build_envelope(ticket: Ticket, event: TicketEvent) -> EventEnvelope:
     """Build the upward envelope for ``event``, with free text masked."""
     if ticket.ticket_id != event.ticket_id or ticket.last_seq != event.seq:
@@ -171,7 +193,7 @@ def build_envelope(ticket: Ticket, event: TicketEvent) -> EventEnvelope:
         to_state=event.to_state,
         reason=event.reason,
         note=mask_text(event.note) if event.note is not None else None,
-        payload=mask_upward_text(event.payload),
+        payload=_upward_payload(event.kind, event.payload),
     )
     return EventEnvelope(
         event_id=event.event_id,
@@ -389,7 +411,11 @@ def _envelope_from_document(document: dict[str, Any], context: dict[str, str]) -
         _require_masked(reason, "event.reason")
 
     payload = _object(document, "payload")
-    _check_payload(payload, "payload", depth=1)
+    kind_text = event_doc.get("kind")
+    if isinstance(kind_text, str) and _emergency_number_allowed(kind_text, payload):
+        _check_payload({k: v for k, v in payload.items() if k != EMERGENCY_CALLBACK_KEY}, "payload", depth=1)
+    else:
+        _check_payload(payload, "payload", depth=1)
 
     try:
         event = TicketEvent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from ivr.overflow import OverflowHandoff
 from ivr.ports import CallEnded, DialResult, DialStatus, DigitInput, DigitOutcome, PlaybackResult, RecordingResult
 
 
@@ -31,6 +32,8 @@ class ScriptedCaller:
     record_seconds: float = 7.5
     recorded: list[str] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
+    # The overflow handoff sent with each transfer (None for a plain transfer).
+    handoffs: list[OverflowHandoff | None] = field(default_factory=list)
     timeouts: list[int] = field(default_factory=list)
     silent_prompts: frozenset[str] = frozenset({"survey"})
     # Music-on-hold classes started, and names of the recordings started.
@@ -79,9 +82,11 @@ class ScriptedCaller:
         self.dialed.append(endpoint)
         return self._dial(endpoint)
 
-    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int) -> DialResult:
+    async def transfer_outside(self, number: str, trunk: str, *, ring_timeout_s: int,
+                               handoff: OverflowHandoff | None = None) -> DialResult:
         self._check()
         self.transfers.append(f"{number}@{trunk}")
+        self.handoffs.append(handoff)
         return self._dial(f"{number}@{trunk}")
 
     async def record_message(self, name: str, *, max_seconds: int, silence_s: int) -> RecordingResult:

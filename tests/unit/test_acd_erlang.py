@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from acd.erlang import agents_needed, average_speed_of_answer, erlang_b, erlang_c, service_level, staffing
+from acd.erlang import (
+    agents_needed,
+    average_speed_of_answer,
+    erlang_b,
+    erlang_c,
+    service_level,
+    staffing,
+)
 
 
 def _erlang_c_by_factorials(servers: int, load: float) -> float:

@@ -18,29 +18,10 @@ from acd.pool import (
     ReleaseOutcome,
     Reservation,
 )
+from tests.fakes.acd import FakeClock, ListRecorder
 
 SKILLS = ("dibao", "linshi", "yanglao", "ertong")
 NEEDS = (SIGN_LANGUAGE_NEED, DIALECT_NEED_PREFIX + "温州话", SLOW_SPEECH_NEED, "听力障碍")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ListRecorder:
-    def __init__(self) -> None:
-        self.events = []
-        self.decisions = []
-
-    def agent_event(self, event) -> None:
-        self.events.append(event)
-
-    def decision(self, decision) -> None:
-        self.decisions.append(decision)
 
 
 def _roster(size: int, rng: random.Random) -> list[AgentProfile]:
@@ -209,3 +190,38 @@ async def test_wrap_ups_end_in_roster_order():
 
     ended = [e.agent_id for e in recorder.events if e.reason == "wrap_up_done"]
     assert ended == ["a0", "a1", "a2", "a3", "a4"]
+
+
+async def _free_in_order(pool: AgentPool, clock: FakeClock, steps: list[tuple[float, str]]) -> None:
+    for at, agent_id in steps:
+        clock.now = at
+        await pool.device_state_changed(f"ep{agent_id[1:]}", DeviceState.NOT_IN_USE)
+
+
+async def test_free_agents_out_of_order():
+    roster = [AgentProfile(f"a{i:03d}", f"坐席{i}", f"ep{i:03d}", frozenset({"dibao"}), (("dibao", 3),))
+              for i in range(250)]
+
+    # Equal idle times, freed in an order that is not the id order: a001 must still rank first.
+    clock = FakeClock()
+    recorder = ListRecorder()
+    pool = AgentPool(roster, clock=clock, recorder=recorder)
+    await _free_in_order(pool, clock, [(1000.0, f"a{i:03d}") for i in (*range(10, 21), 1)])
+    reservation = await pool.reserve("c1", "dibao", timeout_s=1)
+    assert reservation is not None and reservation.agent_id == "a001"
+    assert [c.agent_id for c in recorder.decisions[-1].candidates] == ["a001", *(f"a{i:03d}" for i in range(10, 19))]
+
+    # An injected clock stepped back: a200, freed last, has waited longer than a050 and a100.
+    clock = FakeClock()
+    recorder = ListRecorder()
+    pool = AgentPool(roster, clock=clock, recorder=recorder)
+    steps = [(1000.0, f"a{i:03d}") for i in range(9)] + [(1007.0, "a050"), (1010.0, "a100"), (1005.0, "a200")]
+    await _free_in_order(pool, clock, steps)
+    chosen = []
+    for number in range(12):
+        reservation = await pool.reserve(f"c{number}", "dibao", timeout_s=1)
+        assert reservation is not None
+        if number == 0:
+            assert [c.agent_id for c in recorder.decisions[-1].candidates][-1] == "a200"
+        chosen.append(reservation.agent_id)
+    assert chosen == [*(f"a{i:03d}" for i in range(9)), "a200", "a050", "a100"]

@@ -5,26 +5,7 @@ from datetime import UTC, datetime
 
 from acd.decisions import describe_decision
 from acd.pool import AcdSettings, AgentPool, AgentProfile, DeviceState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ListRecorder:
-    def __init__(self) -> None:
-        self.events = []
-        self.decisions = []
-
-    def agent_event(self, event) -> None:
-        self.events.append(event)
-
-    def decision(self, decision) -> None:
-        self.decisions.append(decision)
+from tests.fakes.acd import FakeClock, ListRecorder
 
 
 def _agent(agent_id, skills=("dibao",), **extra):

@@ -14,7 +14,13 @@ from click.testing import CliRunner
 
 from acd.erlang import average_speed_of_answer, erlang_c, service_level
 from acd.pool import AgentProfile
-from acd.simulator import ServiceTarget, SkillTraffic, TrafficError, load_traffic, simulate
+from acd.simulator import (
+    ServiceTarget,
+    SkillTraffic,
+    TrafficError,
+    load_traffic,
+    simulate,
+)
 from hotline.cli import main
 
 SOAK = os.environ.get("HOTLINE_SOAK") == "1"

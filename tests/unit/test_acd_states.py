@@ -5,30 +5,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from acd.pool import AcdSettings, AgentPool, AgentProfile, AgentState, DeviceState, ReleaseOutcome
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from acd.pool import (
+    AcdSettings,
+    AgentPool,
+    AgentProfile,
+    AgentState,
+    DeviceState,
+    ReleaseOutcome,
+)
+from tests.fakes.acd import FakeClock, ListRecorder
 
 WALL = datetime(2026, 12, 4, 1, 0, tzinfo=UTC)
-
-
-class ListRecorder:
-    def __init__(self) -> None:
-        self.events = []
-        self.decisions = []
-
-    def agent_event(self, event) -> None:
-        self.events.append(event)
-
-    def decision(self, decision) -> None:
-        self.decisions.append(decision)
 
 
 def _pool(*agent_ids, settings=None):

@@ -149,6 +149,13 @@ class AllHooks(RecordingHooks):
     async def survey_answered(self, session):
         self.events.append(("survey", session.survey_score))
 
+    async def overflow_dialling(self, session):
+        self.events.append(("overflow_dialling", session.ticket_id))
+
+    async def overflow_escalated(self, session):
+        self.events.append(("overflow_escalated", session.callback_number))
+        return True
+
 
 async def test_emergency_key_in_main_menu():
     pool = await _pool(("agent1", {"general"}))
@@ -164,13 +171,29 @@ async def test_emergency_key_in_main_menu():
     assert caller.played.index("emergency_ack") < caller.played.index("transfer_agent")
 
 
-async def test_emergency_without_agent_leaves_callback():
+async def test_emergency_without_agent_is_escalated_for_a_callback_from_above():
     pool = await _pool(("agent1", {"dibao"}))
     hooks = AllHooks()
-    caller = ScriptedCaller(keys=["9", "1", "1"])
+    caller = ScriptedCaller(keys=["9"])
 
     session = await FlowRunner(pool, hooks).run(FLOW, _call(), caller)
 
-    assert session.path == ["welcome", "main_menu", "urgent_agent", "urgent_callback", "finished"]
+    assert session.path == ["welcome", "main_menu", "urgent_agent", "finished"]
     assert session.callback_number == "13800000000"
-    assert hooks.events == [("emergency", 9), ("callback", "13800000000")]
+    assert session.overflow_via == "callback"
+    assert hooks.events == [("emergency", 9), ("overflow_escalated", "13800000000")]
+    assert "overflow_callback" in caller.played
+
+
+async def test_emergency_without_agent_or_number_leaves_callback():
+    pool = await _pool(("agent1", {"dibao"}))
+    hooks = AllHooks()
+    caller = ScriptedCaller(keys=["9", "13800000099", "1"])
+    call = Call(call_id="1700000000.2", caller=CallerId.from_raw("anonymous"), dialed="12349", channel="PJSIP/x-2",
+                started_at=datetime(2026, 12, 4, 2, 0, tzinfo=UTC), route="ivr/12349")
+
+    session = await FlowRunner(pool, hooks).run(FLOW, call, caller)
+
+    assert session.path == ["welcome", "main_menu", "urgent_agent", "urgent_callback", "finished"]
+    assert session.callback_number == "13800000099"
+    assert hooks.events == [("emergency", 9), ("callback", "13800000099")]

@@ -110,6 +110,11 @@ class _NoHooks:
 
     async def survey_answered(self, session): ...
 
+    async def overflow_dialling(self, session): ...
+
+    async def overflow_escalated(self, session):
+        return True
+
 
 class TestSpokenAnswer:
     async def test_word_takes_its_keys_path(self) -> None:

@@ -51,6 +51,13 @@ class AllHooks:
     async def survey_answered(self, session):
         self.events.append(("survey", session.survey_score))
 
+    async def overflow_dialling(self, session):
+        self.events.append(("overflow_dialling", session.ticket_id))
+
+    async def overflow_escalated(self, session):
+        self.events.append(("overflow_escalated", session.callback_number))
+        return True
+
 
 class Clock:
     def __init__(self):

@@ -69,6 +69,11 @@ class _NoHooks:
 
     async def survey_answered(self, session): ...
 
+    async def overflow_dialling(self, session): ...
+
+    async def overflow_escalated(self, session):
+        return True
+
 
 async def test_confirm_key_during_read_back_skips_confirm_prompt():
     """Pressing 1 on the fifth digit accepts the entry without playing readback_confirm."""
