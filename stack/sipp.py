@@ -32,6 +32,7 @@ SIPP_BINARY = "sipp"
 _DTMF_STEP_MS = 200
 _CALLER_NUMBER = re.compile(r"^\+?[0-9*#]{1,32}$")
 _SIP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 ANONYMOUS = "anonymous"
 
 # SIPp exit codes (SIPp 3.6 manual, "Exit codes").
@@ -296,6 +297,92 @@ Content-Length: 0
     return "\n".join(parts) + "\n"
 
 
+def build_endpoint_call_scenario(*, endpoint_id: str, target: str, extra_headers: Sequence[str] = ()) -> str:
+    """Return a UAC scenario for one call placed from an account on the switch.
+
+    The first INVITE is challenged; the second carries the digest credentials (``-au`` and
+    ``-ap``). The call then waits for the switch's BYE. The log gets ``ANSWERED <call id>``
+    and ``ENDED <call id>``. ``extra_headers`` are whole header lines added to the INVITE.
+    """
+    for line in extra_headers:
+        if "\n" in line or ":" not in line:
+            raise ValueError(f"invalid SIP header line {line!r}")
+    from_line = f"From: <sip:{endpoint_id}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]"
+    headers = "".join(f"{line}\n" for line in extra_headers)
+
+    def invite(cseq: int, authorization: str) -> str:
+        return f"""INVITE sip:{target}@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+{from_line}
+To: <sip:{target}@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: {cseq} INVITE
+Contact: <sip:{endpoint_id}@[local_ip]:[local_port]>
+{headers}{authorization}Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+{_SDP_PCMU}"""
+
+    def ack(cseq: int) -> str:
+        return f"""ACK sip:{target}@[remote_ip]:[remote_port] SIP/2.0
+[last_Via:]
+{from_line}
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} ACK
+Max-Forwards: 70
+Content-Length: 0
+"""
+
+    return "\n".join([
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>',
+        '<scenario name="call from an account">',
+        f'<send retrans="500">{_cdata(invite(1, ""))}</send>',
+        '<recv response="100" optional="true"/>',
+        '<recv response="401" auth="true"/>',
+        f"<send>{_cdata(ack(1))}</send>",
+        f'<send retrans="500">{_cdata(invite(2, "[authentication]" + chr(10)))}</send>',
+        '<recv response="100" optional="true"/>',
+        '<recv response="180" optional="true"/>',
+        '<recv response="183" optional="true"/>',
+        '<recv response="200" rtd="true"/>',
+        f"<send>{_cdata(ack(2))}</send>",
+        _log("ANSWERED [call_id]"),
+        '<recv request="BYE"/>',
+        f"<send>{_cdata(_REPLY_200)}</send>",
+        _log("ENDED [call_id]"),
+        "</scenario>",
+    ]) + "\n"
+
+
+def place_endpoint_call(*, sip_port: int, username: str, password: str, scenario: str, work_dir: Path,
+                        timeout_s: float) -> str:
+    """Run one call of ``scenario`` (see ``build_endpoint_call_scenario``) to the end; return SIPp's log.
+
+    Raises ``SippError`` with SIPp's errors when the call did not complete.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scenario_file = work_dir / "call.xml"
+    scenario_file.write_text(scenario, encoding="iso-8859-1")
+    log_file = work_dir / "call_logs.log"
+    errors = work_dir / "call_errors.log"
+    command = [
+        SIPP_BINARY, f"{net.LOOPBACK}:{sip_port}",
+        "-i", net.LOOPBACK, "-p", str(net.free_port(tcp=False)),
+        "-mi", net.LOOPBACK, "-mp", str(net.free_port_range(4)),
+        "-au", username, "-ap", password,
+        "-m", "1", "-sf", str(scenario_file), "-nostdin",
+        "-trace_logs", "-log_file", str(log_file),
+        "-trace_err", "-error_file", str(errors),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=work_dir, capture_output=True, timeout=timeout_s, check=False)
+    if result.returncode != _EXIT_ALL_CALLS_SUCCEEDED:
+        detail = errors.read_text(errors="replace")[-1500:] if errors.exists() else result.stderr.decode(errors="replace")
+        raise SippError(f"call from {username} failed with SIPp exit code {result.returncode}: {detail}")
+    return log_file.read_text(encoding="iso-8859-1")
+
+
 def build_register_scenario(*, endpoint_id: str, contact_port: int, expires_s: int) -> str:
     """Return a UAC scenario that registers ``endpoint_id`` with a digest-authenticated REGISTER."""
 
@@ -325,11 +412,17 @@ Max-Forwards: 70
     ) + "\n"
 
 
-def build_agent_scenario(*, endpoint_id: str, ring_ms: int, talk_ms: int | None, audio_pcap: Path | None) -> str:
+def build_agent_scenario(*, endpoint_id: str, ring_ms: int, talk_ms: int | None, audio_pcap: Path | None,
+                         log_headers: tuple[str, ...] = ()) -> str:
     """Return the UAS scenario of an agent phone: ring, answer with PCMU, then wait for or send BYE.
 
-    A CANCEL during ringing is answered with 200 and the INVITE with 487.
+    A CANCEL during ringing is answered with 200 and the INVITE with 487. Each header
+    named in ``log_headers`` is written to the log as ``HEADER <call id> <name> <value>``
+    for every INVITE (value empty when the INVITE lacks it).
     """
+    for name in log_headers:
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"invalid SIP header name {name!r}")
 
     contact_line = f"Contact: <sip:{endpoint_id}@[local_ip]:[local_port]>"
     local_tag = "tag=[pid]SIPpTag01[call_number]"
@@ -338,8 +431,12 @@ def build_agent_scenario(*, endpoint_id: str, ring_ms: int, talk_ms: int | None,
         '<ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote_from"/>'
         '<ereg regexp="sip:[^>;]*" search_in="hdr" header="Contact:" assign_to="remote_contact"/>'
         '<ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" assign_to="invite_cseq"/>'
-        "</action>"
+        + "".join(f'<ereg regexp="[^ ].*" search_in="hdr" header="{name}:" assign_to="header{index}"/>'
+                  for index, name in enumerate(log_headers))
+        + "</action>"
     )
+    header_logs = "".join(f'<log message="HEADER [call_id] {name} [$header{index}]"/>'
+                          for index, name in enumerate(log_headers))
 
     ringing = f"""SIP/2.0 180 Ringing
 [last_Via:]
@@ -394,6 +491,7 @@ Content-Length: 0
             '<?xml version="1.0" encoding="ISO-8859-1" ?>',
             '<scenario name="hotline agent">',
             f'<recv request="INVITE" crlf="true">{capture_invite}</recv>',
+            f"<nop><action>{header_logs}</action></nop>" if header_logs else "",
             f"<send>{_cdata(ringing)}</send>",
             f'<recv request="CANCEL" timeout="{max(ring_ms, 1)}" ontimeout="answer" next="cancelled"/>',
             '<label id="answer"/>',
@@ -616,6 +714,7 @@ class SippAgent:
         expires_s: int = 3600,
         work_dir: Path | None = None,
         keep_files: bool = False,
+        log_headers: tuple[str, ...] = (),
     ) -> None:
         if not _SIP_USER.match(endpoint_id):
             raise ValueError(f"invalid endpoint_id {endpoint_id!r}")
@@ -632,6 +731,7 @@ class SippAgent:
         self.expires_s = expires_s
         self.work_dir = work_dir
         self.keep_files = keep_files
+        self.log_headers = log_headers
         self._owns_dir = False
         self._uas: _SippProcess | None = None
 
@@ -654,7 +754,8 @@ class SippAgent:
         self.work_dir, self._owns_dir = _make_work_dir(f"sipp-agent-{self.endpoint_id}-", self.work_dir)
 
         scenario = build_agent_scenario(
-            endpoint_id=self.endpoint_id, ring_ms=self.ring_ms, talk_ms=self.talk_ms, audio_pcap=self.audio_pcap
+            endpoint_id=self.endpoint_id, ring_ms=self.ring_ms, talk_ms=self.talk_ms, audio_pcap=self.audio_pcap,
+            log_headers=self.log_headers,
         )
         arguments = [
             "-i", net.LOOPBACK,
@@ -719,6 +820,17 @@ class SippAgent:
         if self._uas is None:
             return 0
         return sum(1 for line in self._uas.read_log().splitlines() if line.startswith("ANSWERED "))
+
+    def received_headers(self) -> list[dict[str, str]]:
+        """Return the ``log_headers`` of each INVITE received so far, oldest first."""
+        if self._uas is None:
+            return []
+        calls: dict[str, dict[str, str]] = {}
+        for line in self._uas.read_log().splitlines():
+            if line.startswith("HEADER "):
+                _, call_id, name, *value = line.split(" ", 3)
+                calls.setdefault(call_id, {})[name] = value[0].strip() if value else ""
+        return list(calls.values())
 
     def wait_answered(self, count: int, timeout_s: float) -> bool:
         """Wait until the agent has answered ``count`` calls; return False on timeout."""

@@ -30,12 +30,23 @@ class Phone:
     """A SIP endpoint on the test switch.
 
     With ``skills`` it is a roster agent; without, another endpoint (a trunk toward the
-    city's switch, say). ``talk_ms`` None means no phone registers for it.
+    city's switch, say). ``talk_ms`` None means no phone registers for it. ``ring_ms``
+    longer than the queue's ring timeout makes a phone that rings unanswered. ``roster``
+    adds YAML fields to the agent's roster row, such as ``"capabilities: [video]"``;
+    skills may carry a level (``dibao:5``).
     """
 
     endpoint: str
     skills: tuple[str, ...] = ()
     talk_ms: int | None = None
+    ring_ms: int = 200
+    roster: str = ""
+    # Dialplan context of calls the endpoint places ("from-lower-tier" for a lower tier's trunk),
+    # and SIP headers its phone logs from each INVITE it receives.
+    context: str = "from-agents"
+    log_headers: tuple[str, ...] = ()
+    # True for a video phone: its endpoint on the switch allows video codecs.
+    video: bool = False
 
 
 @dataclass
@@ -47,6 +58,8 @@ class CountyStack:
     config: Path
     store: FlowRegistry
     phones: dict[str, SippAgent] = field(default_factory=dict)
+    # Digest passwords of every endpoint, for tests that place calls from one.
+    passwords: dict[str, str] = field(default_factory=dict)
 
     def active_version(self) -> str | None:
         active = self.store.active()
@@ -55,8 +68,12 @@ class CountyStack:
 
 @contextmanager
 def county_stack(tmp_path: Path, flow_text: str, phones: Sequence[Phone], *,
-                 acd_settings: str = "wrap_up_s: 2\n") -> Iterator[CountyStack]:
-    """Start broker, Asterisk, the county node and the registered phones; stop them in reverse."""
+                 acd_settings: str = "wrap_up_s: 2\n", extra_config: str = "") -> Iterator[CountyStack]:
+    """Start broker, Asterisk, the county node and the registered phones; stop them in reverse.
+
+    ``extra_config`` is appended to the county's YAML config. The telephony section comes
+    last, so lines indented by two spaces add telephony keys (``"  profiles: PATH\\n"``).
+    """
     root = ensure_root()
     flow_file = tmp_path / "flow.yaml"
     flow_file.write_text(flow_text, encoding="utf-8")
@@ -72,7 +89,8 @@ def county_stack(tmp_path: Path, flow_text: str, phones: Sequence[Phone], *,
         fastagi_port = net.free_port()
         asterisk = AsteriskInstance.with_free_ports(
             f"county{os.getpid()}", root=root, fastagi_port=fastagi_port,
-            agents=[AgentEndpoint(p.endpoint, p.endpoint, passwords[p.endpoint]) for p in phones],
+            agents=[AgentEndpoint(p.endpoint, p.endpoint, passwords[p.endpoint], context=p.context,
+                                  video=p.video) for p in phones],
             prompt_dir=PROMPT_AUDIO_DIR, fallback_prompt_id="system_error", test_extensions=False,
         )
         stack.callback(asterisk.stop, remove_files=True)
@@ -82,7 +100,8 @@ def county_stack(tmp_path: Path, flow_text: str, phones: Sequence[Phone], *,
         secret_file.write_text(asterisk.ami.secret, encoding="utf-8")
         roster = tmp_path / "roster.yaml"
         roster.write_text("".join(
-            f"- {{id: {p.endpoint}, name: 坐席{p.endpoint}, endpoint: {p.endpoint}, skills: [{', '.join(p.skills)}]}}\n"
+            f"- {{id: {p.endpoint}, name: 坐席{p.endpoint}, endpoint: {p.endpoint}, skills: [{', '.join(map(repr, p.skills))}]"
+            f"{', ' + p.roster if p.roster else ''}}}\n"
             for p in phones if p.skills
         ), encoding="utf-8")
         acd = tmp_path / "acd.yaml"
@@ -104,7 +123,7 @@ telephony:
   prompt_sound_dir: {asterisk.instance_dir / 'sounds'}
   roster: {roster}
   acd_settings: {acd}
-""", encoding="utf-8")
+{extra_config}""", encoding="utf-8")
         county = _NodeProcess("county", config, tmp_path)
         stack.callback(county.stop)
         county.start()
@@ -114,11 +133,12 @@ telephony:
             if phone.talk_ms is None:
                 continue
             agent = SippAgent(endpoint_id=phone.endpoint, username=phone.endpoint, password=passwords[phone.endpoint],
-                              registrar_port=asterisk.sip_port, talk_ms=phone.talk_ms,
-                              work_dir=tmp_path / f"sipp-{phone.endpoint}", keep_files=True)
+                              registrar_port=asterisk.sip_port, talk_ms=phone.talk_ms, ring_ms=phone.ring_ms,
+                              work_dir=tmp_path / f"sipp-{phone.endpoint}", keep_files=True,
+                              log_headers=phone.log_headers)
             stack.callback(agent.stop)
             agent.start()
             registered[phone.endpoint] = agent
 
         yield CountyStack(asterisk, county, flow_file, database, config,
-                          FlowRegistry.for_database(database, prompt_ids=PROMPT_IDS), registered)
+                          FlowRegistry.for_database(database, prompt_ids=PROMPT_IDS), registered, passwords)

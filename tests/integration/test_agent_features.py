@@ -19,8 +19,7 @@ import pytest
 
 from acd.status import QueueCallResult, china_day_bounds
 from hotline.demo import REPO_ROOT, DemoStack, ScriptedCall, prompt_seconds
-from stack import net
-from stack.sipp import SIPP_BINARY, Dtmf, Pause
+from stack.sipp import Dtmf, Pause, build_endpoint_call_scenario, place_endpoint_call
 from storage.acd_store import AcdStore, acd_path
 from tickets.call_record import CallOutcome
 
@@ -30,98 +29,16 @@ FEATURE_CALL_TIMEOUT_S = 30.0
 RECORD_TIMEOUT_S = 20.0
 
 
-def _feature_scenario(endpoint_id: str, code: str) -> str:
-    """Return a UAC scenario: authenticated INVITE to ``code`` from ``endpoint_id``, then wait for BYE."""
-    from_line = f"From: <sip:{endpoint_id}@[remote_ip]>;tag=[pid]SIPpTag00[call_number]"
-    to_line = f"To: <sip:{code}@[remote_ip]:[remote_port]>"
-    sdp = """v=0
-o=- 53655765 2353687637 IN IP4 [media_ip]
-s=-
-c=IN IP4 [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0 101
-a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=sendrecv
-"""
-
-    def invite(cseq: int, authorization: str) -> str:
-        return f"""INVITE sip:{code}@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-{from_line}
-{to_line}
-Call-ID: [call_id]
-CSeq: {cseq} INVITE
-Contact: <sip:{endpoint_id}@[local_ip]:[local_port]>
-{authorization}Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-{sdp}"""
-
-    def ack(cseq: int) -> str:
-        return f"""ACK sip:{code}@[remote_ip]:[remote_port] SIP/2.0
-[last_Via:]
-{from_line}
-[last_To:]
-Call-ID: [call_id]
-CSeq: {cseq} ACK
-Max-Forwards: 70
-Content-Length: 0
-"""
-
-    reply_200 = """SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-"""
-    return "\n".join([
-        '<?xml version="1.0" encoding="ISO-8859-1" ?>',
-        '<scenario name="agent feature code">',
-        f'<send retrans="500"><![CDATA[\n{invite(1, "")}\n]]></send>',
-        '<recv response="100" optional="true"/>',
-        '<recv response="401" auth="true"/>',
-        f"<send><![CDATA[\n{ack(1)}\n]]></send>",
-        f'<send retrans="500"><![CDATA[\n{invite(2, "[authentication]" + chr(10))}\n]]></send>',
-        '<recv response="100" optional="true"/>',
-        '<recv response="180" optional="true"/>',
-        '<recv response="183" optional="true"/>',
-        '<recv response="200" rtd="true"/>',
-        f"<send><![CDATA[\n{ack(2)}\n]]></send>",
-        '<nop><action><log message="ANSWERED [call_id]"/></action></nop>',
-        '<recv request="BYE"/>',
-        f"<send><![CDATA[\n{reply_200}\n]]></send>",
-        '<nop><action><log message="ENDED [call_id]"/></action></nop>',
-        "</scenario>",
-    ]) + "\n"
-
-
 def dial_feature_code(stack: DemoStack, agent_index: int, code: str, work_dir: Path) -> None:
     """Dial ``code`` from a demo agent's endpoint with its credentials; wait until Asterisk hangs up."""
     assert stack.asterisk is not None
     phone = stack.agents[agent_index]
-    work_dir.mkdir(parents=True, exist_ok=True)
-    scenario = work_dir / "feature.xml"
-    scenario.write_text(_feature_scenario(phone.endpoint_id, code), encoding="iso-8859-1")
-    log_file = work_dir / "feature_logs.log"
-    command = [
-        SIPP_BINARY, f"{net.LOOPBACK}:{stack.asterisk.sip_port}",
-        "-i", net.LOOPBACK, "-p", str(net.free_port(tcp=False)),
-        "-mi", net.LOOPBACK, "-mp", str(net.free_port_range(4)),
-        # NOTE: SippAgent keeps the password private and DemoStack does not expose it.
-        "-au", phone.username, "-ap", phone.password,
-        "-m", "1", "-sf", str(scenario), "-nostdin",
-        "-trace_logs", "-log_file", str(log_file),
-        "-trace_err", "-error_file", str(work_dir / "feature_errors.log"),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=work_dir, capture_output=True, timeout=FEATURE_CALL_TIMEOUT_S)
-    errors = work_dir / "feature_errors.log"
-    detail = errors.read_text(errors="replace")[-1500:] if errors.exists() else result.stderr[-1500:]
-    assert result.returncode == 0, f"feature code {code} from {phone.endpoint_id} failed: {detail}"
-    assert "ENDED" in log_file.read_text(encoding="iso-8859-1")
+    log = place_endpoint_call(
+        sip_port=stack.asterisk.sip_port, username=phone.username, password=phone.password,
+        scenario=build_endpoint_call_scenario(endpoint_id=phone.endpoint_id, target=code),
+        work_dir=work_dir, timeout_s=FEATURE_CALL_TIMEOUT_S,
+    )
+    assert "ENDED" in log
 
 
 async def _read_acd(database: Path):

@@ -392,6 +392,7 @@ def test_queue_callback_rings_agent_then_citizen(tmp_path):
 
 
 KEPT_TALK_MS = 30_000
+CALLBACK_TALK_MS = 3000
 KEPT_CALLERS = {"A": "13900000071", "C": "13900000073"}
 
 
@@ -429,8 +430,9 @@ async def _run_county_in_process(stack: QueueStack, tmp_path: Path) -> dict[str,
         assert stack.carrier is not None
         answered = await asyncio.to_thread(stack.carrier.wait_answered, 1, 60)
         assert answered, stack.carrier.diagnosis()
-        # The result event is written once the citizen's leg has answered.
-        await asyncio.sleep(2.0)
+        # The result event is written once the conversation with the citizen has ended
+        # (the carrier's phone hangs up after CALLBACK_TALK_MS).
+        await asyncio.sleep(CALLBACK_TALK_MS / 1000 + 2.0)
     finally:
         await node.stop()
     return results
@@ -438,7 +440,8 @@ async def _run_county_in_process(stack: QueueStack, tmp_path: Path) -> dict[str,
 
 def test_kept_place_called_back_and_recording_attached(tmp_path):
     """In one county node: C keeps its place and is called back through AMI; A's recorded call is attached."""
-    with _queue_stack(tmp_path, agent_talk_ms=KEPT_TALK_MS, county_process=False, carrier_talk_ms=3000) as stack:
+    with _queue_stack(tmp_path, agent_talk_ms=KEPT_TALK_MS, county_process=False,
+                      carrier_talk_ms=CALLBACK_TALK_MS) as stack:
         results = asyncio.run(_run_county_in_process(stack, tmp_path))
         agent_answered = stack.agent.answered_calls
 
