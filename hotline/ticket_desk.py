@@ -50,6 +50,8 @@ CALLBACK_PURPOSE = "callback"
 # hang-up, so the desk waits up to 2 s for it.
 CALL_RECORDING_MEDIA_TYPE = "audio/wav"
 CALL_RECORDING_NOTE = "通话录音"
+EMPTY_CALL_RECORDING_NOTE = "通话录音（无声音：交换机在通话中没有收到语音数据）"
+WAV_HEADER_BYTES = 44
 CALL_RECORDING_WAIT_STEPS = 20
 CALL_RECORDING_WAIT_STEP_S = 0.1
 
@@ -344,9 +346,16 @@ class TicketDesk:
             if path.is_file():
                 break
             await asyncio.sleep(CALL_RECORDING_WAIT_STEP_S)
+        # A WAV file of header only (44 bytes) means the switch received no audio on the
+        # bridge. The attachment's note says so, because the file holds no conversation.
+        note = CALL_RECORDING_NOTE
         try:
+            if path.is_file() and path.stat().st_size <= WAV_HEADER_BYTES:
+                note = EMPTY_CALL_RECORDING_NOTE
+                log.warning("call recording has no audio", call_id=session.call.call_id,
+                            ticket_id=session.ticket_id, file=session.call_recording_file)
             sha256 = await self._store.add_attachment(session.ticket_id, path, CALL_RECORDING_MEDIA_TYPE, IVR_ACTOR,
-                                                      note=CALL_RECORDING_NOTE)
+                                                      note=note)
         except (OSError, StorageError) as exc:
             log.error("call recording not attached", call_id=session.call.call_id, ticket_id=session.ticket_id,
                       file=session.call_recording_file, error=str(exc))

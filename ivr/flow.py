@@ -443,7 +443,8 @@ def _locate(document: Any, loc: Iterable[Any]) -> tuple[int, int]:
 _PYDANTIC_MESSAGES = {
     "missing": "缺少必填字段“{field}”，请补上",
     "extra_forbidden": "不认识的字段“{field}”，请检查拼写或删除",
-    "literal_error": "字段“{field}”的值不对：{msg}",
+    "literal_error": "字段“{field}”的值“{value}”不对，只能是 {expected} 之一",
+    "value_error": "字段“{field}”无效：{reason}",
     "union_tag_invalid": "节点类型“{value}”不存在，可用的类型：" + "、".join(NODE_TYPES),
     "union_tag_not_found": "节点缺少“type”字段，请写明类型之一：" + "、".join(NODE_TYPES),
     "string_pattern_mismatch": "字段“{field}”的值“{value}”格式不对，{hint}",
@@ -451,7 +452,7 @@ _PYDANTIC_MESSAGES = {
     "less_than_equal": "字段“{field}”的值 {value} 太大，最大为 {le}",
     "int_parsing": "字段“{field}”应为整数，现在是“{value}”",
     "int_type": "字段“{field}”应为整数，现在是“{value}”",
-    "string_type": "字段“{field}”应为文字，现在是“{value}”",
+    "string_type": "字段“{field}”应为文字，现在是“{value}”；数字形式的值（如号码）请加英文引号，例如 \"{value}\"",
     "dict_type": "字段“{field}”应为映射（键: 值），现在是“{value}”",
     "model_type": "“{field}”应为映射（键: 值），现在是“{value}”",
     "list_type": "字段“{field}”应为列表，现在是“{value}”",
@@ -483,7 +484,10 @@ def _message_for(error: Mapping[str, Any]) -> str:
     template = _PYDANTIC_MESSAGES.get(error["type"], "字段“{field}”无效：{msg}")
     context = error.get("ctx", {})
     value = context.get("tag", error.get("input"))
-    return template.format(field=field_name, value=value, msg=error.get("msg", ""),
+    # A validator's own (Chinese) message, without pydantic's "Value error, " prefix.
+    reason = str(context.get("error", error.get("msg", "")))
+    return template.format(field=field_name, value=value, msg=error.get("msg", ""), reason=reason,
+                           expected=str(context.get("expected", "")).replace(" or ", "、").replace(", ", "、"),
                            hint=_PATTERN_HINTS.get(field_name, _ID_HINT), ge=context.get("ge"), le=context.get("le"))
 
 

@@ -81,7 +81,7 @@ def _answered_session(recording: str | None) -> CallSession:
 async def test_desk_attaches_recording_by_hash(store: TicketStore, tmp_path: Path):
     monitor = tmp_path / "monitor"
     (monitor / "hotline-calls").mkdir(parents=True)
-    audio = b"RIFF-synthetic-recording"
+    audio = b"RIFF-synthetic-recording" + bytes(200)
     (monitor / "hotline-calls" / "call-1.wav").write_bytes(audio)
     desk = TicketDesk(store, call_recordings_dir=monitor)
     session = _answered_session("hotline-calls/call-1.wav")
@@ -97,6 +97,21 @@ async def test_desk_attaches_recording_by_hash(store: TicketStore, tmp_path: Pat
     assert attached[0].payload["media_type"] == "audio/wav"
     assert attached[0].note == "通话录音"
     assert (await store.attachment_path(digest)).read_bytes() == audio
+
+
+async def test_desk_marks_recording_without_audio(store: TicketStore, tmp_path: Path):
+    monitor = tmp_path / "monitor"
+    (monitor / "hotline-calls").mkdir(parents=True)
+    (monitor / "hotline-calls" / "call-1.wav").write_bytes(b"RIFF" + bytes(40))
+    desk = TicketDesk(store, call_recordings_dir=monitor)
+    session = _answered_session("hotline-calls/call-1.wav")
+    await desk.agent_answered(session)
+
+    await desk.finish_call(session)
+
+    events = await store.list_events(session.ticket_id)
+    attached = [event for event in events if event.kind == "attachment_added"]
+    assert attached[0].note.startswith("通话录音（无声音")
 
 
 async def test_desk_logs_missing_recording(store: TicketStore, tmp_path: Path, monkeypatch):

@@ -322,3 +322,22 @@ async def test_clear_number_refused_outside_an_emergency_escalation(tmp_path):
                                                    b"13900000040")
         with pytest.raises(EnvelopeError):
             decode_envelope(forged)
+
+
+def test_wrong_choice_names_the_value_and_the_choices():
+    text = FLOW_TEXT.replace("{after_s}", "0").replace("{via}", "trunck")
+
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text.encode(), source="overflow.yaml", prompt_ids=CATALOG)
+
+    assert "“trunck”" in str(caught.value)
+    assert "'trunk'、'callback'" in str(caught.value)
+
+
+def test_validator_message_has_no_pydantic_prefix():
+    text = FLOW_TEXT.replace("{after_s}", "0").replace("{via}", "trunk").replace("      trunk: city-trunk\n", "")
+
+    with pytest.raises(FlowError) as caught:
+        parse_flow(text.encode(), source="overflow.yaml", prompt_ids=CATALOG)
+
+    assert "Value error" not in str(caught.value)
