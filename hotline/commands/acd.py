@@ -112,6 +112,32 @@ async def _read_events(database: Path, agent_id: str, limit: int):
         return await store.events_for(agent_id, limit=limit)
 
 
+# Chinese names of the reasons the pool records with each state change. A reason reads
+# "kind", "kind:detail" or either with "/source" (phone or cli) appended.
+_REASON_LABELS = {
+    "reserved": "分配来电", "device_ringing": "话机振铃", "device_in_use": "话机接通", "connected": "已接通",
+    "reservation_cancelled": "取消预留", "reservation_expired": "预留超时自动释放", "wrap_up_done": "话后整理结束",
+    "login": "登录", "logout": "退出", "pause": "暂停", "unpause": "示闲", "release": "释放",
+}
+_RELEASE_LABELS = {
+    "dial_returned": "转接结束", "queue_callback": "排队回电结束", "hangup": "来电挂机",
+}
+_SOURCE_LABELS = {"phone": "话机功能码", "cli": "命令行"}
+
+
+def event_reason_label(reason: str) -> str:
+    """Return the Chinese wording of a state event's reason; unknown parts are shown as stored."""
+    text, _, source = reason.partition("/")
+    kind, _, detail = text.partition(":")
+    label = _REASON_LABELS.get(kind, kind)
+    if detail:
+        details = PAUSE_REASONS if kind == "pause" else _RELEASE_LABELS
+        label += f"（{details.get(detail, detail)}）"
+    if source:
+        label += f"，来自{_SOURCE_LABELS.get(source, source)}"
+    return label
+
+
 @acd.command(help="列出某名坐席最近的状态变化（北京时间）。")
 @click.argument("agent_id")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件")
@@ -132,7 +158,7 @@ def events(agent_id: str, config_path: Path, limit: int) -> None:
         table.add_row(
             event.at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S"),
             _STATE_BY_VALUE.get(event.previous, event.previous), _STATE_BY_VALUE.get(event.state, event.state),
-            event.reason, event.call_id or "—", PAUSE_REASONS.get(event.pause_reason or "", "—"),
+            event_reason_label(event.reason), event.call_id or "—", PAUSE_REASONS.get(event.pause_reason or "", "—"),
         )
     operator_console().print(table)
 

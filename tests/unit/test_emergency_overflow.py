@@ -215,7 +215,7 @@ async def test_routine_call_never_overflows():
 
 
 async def test_emergency_served_locally_when_an_agent_is_free():
-    session, port, hooks, _ = await _run(_flow(), ["9"], device=DeviceState.NOT_IN_USE,
+    session, port, _, _ = await _run(_flow(), ["9"], device=DeviceState.NOT_IN_USE,
                                          dial={"agent1": [DialStatus.ANSWERED]})
 
     assert port.transfers == []
@@ -240,7 +240,7 @@ async def test_overflow_arrival_skips_the_menu_with_needs_and_priority():
 
 
 async def test_bad_handoff_runs_the_call_as_a_plain_one():
-    session, port, _, _ = await _run(_flow(), [None, None, None], device=DeviceState.NOT_IN_USE,
+    session, _, _, _ = await _run(_flow(), [None, None, None], device=DeviceState.NOT_IN_USE,
                                      args=("overflow", "not-a-ticket", "-", "9"))
 
     assert session.handoff is None
@@ -341,3 +341,4 @@ def test_validator_message_has_no_pydantic_prefix():
         parse_flow(text.encode(), source="overflow.yaml", prompt_ids=CATALOG)
 
     assert "Value error" not in str(caught.value)
+
