@@ -30,6 +30,19 @@ _EXPLANATIONS = {
 }
 
 
+# The rule behind each pattern the configuration models use, for "string_pattern_mismatch".
+_PATTERN_RULES = {
+    r"^\d{6}$": "应为 6 位数字，例如 \"330106\"",
+    r"^[0-9]{6}$": "应为 6 位数字，例如 \"330106\"",
+    r"^[a-z][a-z0-9_-]{0,31}$": "应以小写英文字母开头，只用小写字母、数字、下划线和减号，最长 32 个字符，例如 a1",
+    r"^[a-z][a-z0-9-]{1,47}$": "应以小写英文字母开头，只用小写字母、数字和减号，2 到 48 个字符，例如 county-330106",
+    r"^[A-Za-z0-9_.\-]{1,40}$": "只能用英文字母、数字、点、下划线和减号，最长 40 个字符",
+    r"^[A-Za-z0-9_-]{1,40}$": "只能用英文字母、数字、下划线和减号，最长 40 个字符",
+    r"^0[1-9][0-9]{1,2}$": "应为以 0 开头的 3 到 4 位长途区号，例如 \"0571\"",
+    r"^/[A-Za-z0-9_./-]+$": "应为以 / 开头的绝对路径，只用英文字母、数字和 _ . / -",
+}
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "（顶层）"
 
@@ -42,6 +55,9 @@ def explain_error(item: Any) -> str:
         explanation = template.format(**(item.get("ctx") or {})) if template else None
     except (KeyError, IndexError):
         explanation = None
+    if item["type"] == "string_pattern_mismatch":
+        pattern = str((item.get("ctx") or {}).get("pattern", ""))
+        explanation = "格式不对：" + _PATTERN_RULES.get(pattern, f"应符合规则 {pattern}")
     explanation = explanation or f"无效，请按示例配置修改（{item['type']}）"
 
     if item["type"] in ("missing", "extra_forbidden"):
