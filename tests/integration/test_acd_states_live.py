@@ -54,6 +54,8 @@ SOAK = os.environ.get("HOTLINE_SOAK") == "1"
 RESTARTS = 3 if SOAK else 1
 
 WRAP_UP_S = 8
+# How much later than the switch's own order an AMI event may reach the test process.
+AMI_DELIVERY_SLACK_S = 0.5
 # The shortest ring timeout a queue node accepts.
 RING_TIMEOUT_S = 5
 # The queue's entry prompt, plus the switch's and the controller's time around it.
@@ -237,7 +239,10 @@ def test_wrap_up_holds_next_call(tmp_path):
     assert len(dials) == 2, ami_events
     assert len(hangups) == 2, ami_events
     gap_s = dials[1] - hangups[0]
-    assert gap_s >= WRAP_UP_S, f"agent1 rang again {gap_s:.1f} s after its call ended"
+    # These are the times this process received the AMI events. Under load the Hangup can
+    # arrive a little after the controller started the wrap-up; the stored events above
+    # measure the wrap-up itself.
+    assert gap_s >= WRAP_UP_S - AMI_DELIVERY_SLACK_S, f"agent1 rang again {gap_s:.2f} s after its call ended"
     assert gap_s < WRAP_UP_S + 3.0, f"agent1 rang again {gap_s:.1f} s after its call ended"
 
 
