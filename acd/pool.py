@@ -401,8 +401,8 @@ class AgentPool:
         for order, status in enumerate(self._agents.values()):
             status.order = order
             profile = status.profile
-            given = dict(profile.proficiency)
-            status.levels = {skill: given.get(skill, DEFAULT_PROFICIENCY) for skill in profile.skills}
+            listed_levels = dict(profile.proficiency)
+            status.levels = {skill: listed_levels.get(skill, DEFAULT_PROFICIENCY) for skill in profile.skills}
             status.narrow_tags = self._narrow_tags(status)
             for skill in profile.skills:
                 self._by_skill.setdefault(skill, []).append(status)
@@ -602,8 +602,8 @@ class AgentPool:
     def set_video_phone(self, agent_id: str, allows_video: bool) -> bool:
         """Record whether the switch lets the agent's endpoint carry video; return True when that changed.
 
-        The roster's capability ``video`` says the agent has a video phone; the endpoint's
-        codec list on the switch says whether a call to it can carry video. An agent
+        The roster's capability ``video`` records that the agent has a video phone. The
+        endpoint's codec list on the switch decides whether a call to it can carry video. An agent
         listed with video whose endpoint allows no video codec takes no sign-language
         call until the switch allows one. Agents without the capability are not changed.
         """
@@ -614,8 +614,8 @@ class AgentPool:
         # Leave the free-agent lists under the old tags and join them again under the new ones.
         if status.free_key is not None:
             for skill, level in status.levels.items():
-                for tag_list in (self._free[skill], *(self._free_narrow[(skill, tag)] for tag in status.narrow_tags)):
-                    tag_list.remove(status, level)
+                for agents in self._free_lists(status, skill):
+                    agents.remove(status, level)
             status.free_key = None
         status.video_blocked = not allows_video
         status.narrow_tags = self._narrow_tags(status)
@@ -627,6 +627,10 @@ class AgentPool:
         self._dispatch()
         return True
 
+    def _free_lists(self, status: _AgentStatus, skill: str) -> list[_FreeAgents]:
+        """Return the skill's free-agent list and the narrowed ones the agent joins under its tags."""
+        return [self._free[skill], *(self._free_narrow[(skill, tag)] for tag in status.narrow_tags)]
+
     def _index_agent(self, status: _AgentStatus) -> None:
         """Keep the per-skill free-agent lists in step with the agent's state and device."""
         free = status.state is AgentState.AVAILABLE and status.device is DeviceState.NOT_IN_USE
@@ -636,10 +640,8 @@ class AgentPool:
 
         was_free = status.free_key is not None
         status.free_key = key
-        narrow = self._free_narrow
         for skill, level in status.levels.items():
-            lists = [self._free[skill], *(narrow[(skill, tag)] for tag in status.narrow_tags)]
-            for agents in lists:
+            for agents in self._free_lists(status, skill):
                 if was_free:
                     agents.remove(status, level)
                 if key is not None:

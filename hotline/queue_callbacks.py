@@ -35,7 +35,8 @@ DEFAULT_RING_TIMEOUT_S = 30
 # A trunk is a PJSIP endpoint name; a number is digits with an optional leading +.
 _TRUNK_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,40}$")
 _NUMBER_RE = re.compile(r"^\+?[0-9]{3,20}$")
-# Longest callback conversation waited for when the Hangup event of the agent's channel is missed.
+# Maximum wait for the end of a callback conversation when the Hangup event of the agent's
+# channel is missed.
 MAX_CALLBACK_TALK_S = 2 * 3600.0
 
 
@@ -150,8 +151,8 @@ class AmiCallbackOriginator:
     """``CallbackOriginator`` over AMI: Originate ``PJSIP/<agent>`` running ``Dial(PJSIP/<number>@<trunk>)``.
 
     The agent's channel gets a known ``ChannelId``, so the ``DialEnd`` event of its Dial
-    tells whether the citizen answered, and its ``Hangup`` event when the conversation
-    ended. ``call_back`` returns only then, so the agent's wrap-up starts after the
+    reports whether the citizen answered, and its ``Hangup`` event marks the end of the
+    conversation. ``call_back`` returns only then, so the agent's wrap-up starts after the
     conversation, as after a queued call.
     """
 
@@ -208,8 +209,8 @@ class AmiCallbackOriginator:
     async def _conversation_over(self, hangup: asyncio.Future[None], call_id: str) -> None:
         """Wait for the agent's channel to hang up, at most ``max_talk_s``.
 
-        NOTE: a Hangup event lost while AMI reconnects ends this wait only at the bound;
-        the pool frees the agent earlier, ``reservation_ttl_s`` after the phone goes idle.
+        NOTE: a Hangup event lost while AMI reconnects ends this wait only at the bound. The
+        pool frees the agent earlier, ``reservation_ttl_s`` after the phone goes idle.
         """
         try:
             await asyncio.wait_for(asyncio.shield(hangup), timeout=self._max_talk_s)

@@ -347,7 +347,7 @@ class TicketDesk:
                 break
             await asyncio.sleep(CALL_RECORDING_WAIT_STEP_S)
         # A WAV file of header only (44 bytes) means the switch received no audio on the
-        # bridge. The attachment's note says so, because the file holds no conversation.
+        # bridge. The attachment's note states this, because the file contains no conversation.
         note = CALL_RECORDING_NOTE
         try:
             if path.is_file() and path.stat().st_size <= WAV_HEADER_BYTES:

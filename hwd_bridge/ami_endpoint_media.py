@@ -2,7 +2,7 @@
 
 A sign-language call needs an agent whose phone sends and receives video. The roster lists
 the agents with such a phone (capability ``video``), but the endpoint's ``allow`` list on
-the switch decides what the phone may negotiate. Asterisk 22 answers ``PJSIPShowEndpoint`` with
+the switch decides what the phone may negotiate. Asterisk 22 replies to ``PJSIPShowEndpoint`` with
 an ``EndpointDetail`` event whose ``Allow`` field lists the codecs as ``(ulaw|alaw|h264)``.
 """
 

@@ -219,8 +219,8 @@ class CallHooks(Protocol):
     async def overflow_escalated(self, session: CallSession) -> bool:
         """Escalate the emergency call's ticket to the tier above as a callback request.
 
-        Returns False when the escalation could not be written; the caller is then not
-        told that the tier above will call back.
+        Returns False when the escalation could not be written. The caller then hears no
+        promise of a callback from the tier above.
         """
         ...
 

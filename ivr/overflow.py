@@ -3,8 +3,8 @@
 A county that has no eligible agent for an emergency within the queue's configured time
 sends the call up, either over the SIP trunk between the two tiers' switches or as an
 escalated callback ticket. On the trunk, the call's ticket id, need tags and priority ride
-in the INVITE as ``X-Hotline-*`` headers, so the tier above neither asks the caller again
-nor loses the link to the lower tier's ticket.
+in the INVITE as ``X-Hotline-*`` headers, so the tier above needs no second round of
+questions and keeps the link to the lower tier's ticket.
 
 Header values stay within the characters SIP and the dialplan pass unchanged: need tags
 are UTF-8 percent-encoded and joined with ``+``, and no value contains a comma, which
@@ -40,7 +40,7 @@ class HandoffError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class OverflowHandoff:
-    """What the lower tier already knows about an overflowing call."""
+    """Facts the lower tier has already collected about an overflowing call."""
 
     ticket_id: str | None
     needs: frozenset[str]

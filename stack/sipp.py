@@ -416,7 +416,7 @@ def build_agent_scenario(*, endpoint_id: str, ring_ms: int, talk_ms: int | None,
                          log_headers: tuple[str, ...] = ()) -> str:
     """Return the UAS scenario of an agent phone: ring, answer with PCMU, then wait for or send BYE.
 
-    A CANCEL during ringing is answered with 200 and the INVITE with 487. Each header
+    The phone replies to a CANCEL during ringing with 200, and to the INVITE with 487. Each header
     named in ``log_headers`` is written to the log as ``HEADER <call id> <name> <value>``
     for every INVITE (value empty when the INVITE lacks it).
     """

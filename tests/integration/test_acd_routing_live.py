@@ -16,7 +16,7 @@ events while the menu prompt plays.
   AMI (PJSIPShowEndpoint) and excludes it too.
 - Preferred agent: K calls again. K's first ticket is still open and names dibao-a, so
   the call goes to dibao-a (rule preferred_agent) although dibao-b has been idle longer;
-  the decision holds dibao-b back with 来电正在等上次接待的坐席 dibao-a.
+  the decision keeps dibao-b out with 来电正在等上次接待的坐席 dibao-a.
 - Emergency first: B occupies the only yanglao agent for ``LONG_TALK_MS``. R (routine)
   queues for yanglao, and E arrives after R and presses the emergency key. When the agent
   frees up, E is reserved first (rule emergency_first) and R only after E's call.

@@ -2,7 +2,7 @@
 
 Two calls on one county stack:
 
-1. Sending side. A citizen asks for sign language and marks the call urgent. The only
+1. Sending side. A citizen requests sign language and marks the call urgent. The only
    agent with the skill lacks sign language, so after ``after_s`` the county dials the
    tier above over the trunk ``city-trunk``. A SIPp phone plays that trunk and logs the
    INVITE's X-Hotline-* headers: they name the county's ticket for the call, the need tags

@@ -8,17 +8,10 @@ from acd.pool import (
     DeviceState,
     ReleaseOutcome,
 )
+from tests.fakes.acd import FakeClock
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _reserved(clock: Clock):
+async def _reserved(clock: FakeClock):
     pool = AgentPool([AgentProfile("a1", "坐席一", "a1", frozenset({"general"}))], clock=clock,
                      settings=AcdSettings(wrap_up_s=10))
     await pool.device_state_changed("a1", DeviceState.NOT_IN_USE)
@@ -28,7 +21,7 @@ async def _reserved(clock: Clock):
 
 
 async def test_call_cut_off_while_connected_gets_wrap_up():
-    clock = Clock()
+    clock = FakeClock()
     pool, reservation = await _reserved(clock)
     await pool.device_state_changed("a1", DeviceState.IN_USE)
 
@@ -41,7 +34,7 @@ async def test_call_cut_off_while_connected_gets_wrap_up():
 
 
 async def test_caller_gone_while_ringing_frees_agent_at_once():
-    clock = Clock()
+    clock = FakeClock()
     pool, reservation = await _reserved(clock)
     await pool.device_state_changed("a1", DeviceState.RINGING)
 

@@ -93,7 +93,8 @@ def test_handoff_round_trip_through_header_values():
 
     ticket, needs, priority = handoff.header_values()
 
-    assert "," not in needs and "^" not in needs
+    assert "," not in needs
+    assert "^" not in needs
     assert parse_handoff(ticket, needs, priority) == handoff
 
 
@@ -150,7 +151,7 @@ def test_overflow_prompts_are_checked_against_the_catalog():
 # --- the queue's overflow ----------------------------------------------------------------
 
 
-async def test_emergency_with_busy_agents_overflows_through_trunk_with_handoff():
+async def test_busy_emergency_overflows_via_trunk():
     recorder = ListRecorder()
     session, port, hooks, pool = await _run(_flow(), ["9"], dial={"12349@city-trunk": [DialStatus.ANSWERED]},
                                             recorder=recorder)
@@ -187,7 +188,7 @@ async def test_callback_overflow_does_not_dial():
     assert session.overflow_via == "callback"
 
 
-async def test_caller_without_number_is_not_escalated_for_a_callback():
+async def test_numberless_caller_not_escalated():
     pool = await _pool(DeviceState.IN_USE)
     hooks = AllHooks()
     port = ScriptedCaller(keys=["9"])
@@ -226,7 +227,7 @@ async def test_emergency_served_locally_when_an_agent_is_free():
 # --- arrival at the tier above -----------------------------------------------------------
 
 
-async def test_overflow_arrival_skips_the_menu_with_needs_and_priority():
+async def test_overflow_arrival_skips_menu():
     handoff = OverflowHandoff("330106-20261207-0003", frozenset({"手语"}), 9)
     session, port, _, _ = await _run(_flow(), [], device=DeviceState.NOT_IN_USE, args=("overflow", *handoff.header_values()),
                                      dial={"agent1": [DialStatus.ANSWERED]})
@@ -239,7 +240,7 @@ async def test_overflow_arrival_skips_the_menu_with_needs_and_priority():
     assert session.emergency is True
 
 
-async def test_bad_handoff_runs_the_call_as_a_plain_one():
+async def test_bad_handoff_runs_plain_call():
     session, _, _, _ = await _run(_flow(), [None, None, None], device=DeviceState.NOT_IN_USE,
                                      args=("overflow", "not-a-ticket", "-", "9"))
 

@@ -171,7 +171,7 @@ async def test_emergency_key_in_main_menu():
     assert caller.played.index("emergency_ack") < caller.played.index("transfer_agent")
 
 
-async def test_emergency_without_agent_is_escalated_for_a_callback_from_above():
+async def test_unstaffed_emergency_escalates_callback():
     pool = await _pool(("agent1", {"dibao"}))
     hooks = AllHooks()
     caller = ScriptedCaller(keys=["9"])
