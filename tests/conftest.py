@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from stack.asterisk import AsteriskInstance
 from stack.sipp import SippCaller
@@ -75,6 +76,19 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def _folders(base: Path) -> set[Path]:
     """Return the entries of the base temporary folder, without the ``<name>current`` symlinks pytest adds."""
     return {path for path in base.iterdir() if not path.is_symlink()}
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """Give each test the structlog set-up the session started with.
+
+    ``hotline`` commands run in-process call ``configure_logging``, which filters below INFO.
+    Without this, a test that reads DEBUG events (the AGI trace) would pass or fail by which
+    tests ran before it on the same worker.
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-import structlog
 from click.testing import CliRunner
 
 from hotline.commands.replay import replay
@@ -27,14 +24,6 @@ from tickets.call_record import CallOutcome
 COUNTY, REGION = "county-330106", "330106"
 STARTED = datetime(2026, 12, 3, 2, 0, tzinfo=UTC)  # 10:00 on a Thursday in Beijing
 RECORDED = ("menu_1_dibao", "menu_5_yanglao", "no_input_three_times", "hangup_main_menu")
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Put back the structlog set-up that ``hotline replay`` replaces, for the tests that follow."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 async def record_calls(database: Path) -> None:
