@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from acd.pool import DEFAULT_PROFICIENCY, AgentProfile
@@ -30,7 +31,15 @@ _LIST_FIELDS = ("skills", "languages", "capabilities", "training")
 
 
 class RosterError(Exception):
-    """A roster that cannot be used; the message is Chinese and names row, field and fix."""
+    """A roster that cannot be used; the message is Chinese and names row, field and fix.
+
+    ``problems`` lists each mistake on its own when the file was read and its rows checked.
+    It is empty when the file could not be read at all, and the message then explains why.
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 def _parse_skill(item: Any) -> tuple[str, int]:
@@ -104,7 +113,23 @@ def _read_yaml(path: Path) -> list[tuple[str, Any]]:
         raise RosterError(f"坐席名单 {path} 不是有效的 YAML：{exc}") from exc
     if not isinstance(rows, list) or not rows:
         raise RosterError(f"坐席名单 {path} 应为非空列表，每项一名坐席（id、name、endpoint、skills）")
-    return [(f"第 {number} 名坐席", row) for number, row in enumerate(rows, start=1)]
+    lines = _yaml_item_lines(path)
+    return [(f"第 {lines[number - 1]} 行的第 {number} 名坐席" if lines else f"第 {number} 名坐席", row)
+            for number, row in enumerate(rows, start=1)]
+
+
+def _yaml_item_lines(path: Path) -> list[int]:
+    """Return the 1-based line on which each item of a YAML roster list starts, or [] when unknown.
+
+    The safe loader keeps no positions, so the file is parsed a second time in round-trip mode.
+    """
+    try:
+        document = YAML().load(path.read_text(encoding="utf-8"))
+    except YAMLError:
+        return []
+    if not isinstance(document, CommentedSeq):
+        return []
+    return [document.lc.item(index)[0] + 1 for index in range(len(document))]
 
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
@@ -147,6 +172,10 @@ def load_roster(path: str | Path) -> list[AgentProfile]:
             entry = _RosterEntry.model_validate(row)
         except ValidationError as exc:
             problems.extend(f"{where}，{explain_field_error(item)}" for item in exc.errors())
+            # Keep the invalid row's id and endpoint, so a later row repeating them is still reported.
+            if isinstance(row, dict):
+                seen_ids.add(str(row.get("id")))
+                seen_endpoints.add(str(row.get("endpoint")))
             continue
         if entry.id in seen_ids:
             problems.append(f"{where}：工号“{entry.id}”重复，请改成唯一的工号")
@@ -162,5 +191,5 @@ def load_roster(path: str | Path) -> list[AgentProfile]:
         ))
 
     if problems:
-        raise RosterError(f"坐席名单 {path} 有误：\n" + "\n".join(f"  - {p}" for p in problems))
+        raise RosterError(f"坐席名单 {path} 有误：\n" + "\n".join(f"  - {p}" for p in problems), tuple(problems))
     return agents

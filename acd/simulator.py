@@ -19,6 +19,11 @@ default), and each such call is followed to its end:
   count as missed);
 - abandonment: abandoned calls over calls offered;
 - occupancy: agent time spent on calls and wrap-up over the agents' time in the window.
+
+Arrivals stop at the end of the run, but calls still queued then keep waiting until an
+agent takes them or they hang up, and their whole wait counts. A skill whose load reaches
+its agents (``overloaded_skills``) queues without bound, so its mean wait then grows with
+the run length; ``SkillResult.waiting_at_end`` counts such calls.
 """
 
 from __future__ import annotations
@@ -42,6 +47,15 @@ from acd.pool import AcdSettings, AgentPool, AgentProfile, DeviceState, ReleaseO
 
 # Wall-clock stamp of simulated time zero, used only on the pool's events and decisions.
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+# Share of the run spent filling the queue before calls are counted.
+DEFAULT_WARMUP_FRACTION = 0.1
+# Counted calls a skill needs before its shares are shown as usable. The standard error of
+# a share p measured over n calls is sqrt(p(1 - p) / n), at most 0.5 / sqrt(n). At 400
+# calls that is 2.5 percentage points, so a 95 % interval spans about +-5 points around
+# a service level read against a target such as 80/15.
+# NOTE: calls in one queue wait in runs, so the real error of waits and service level is
+# larger than this bound for independent calls, most of all near full occupancy.
+MIN_STABLE_CALLS = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,10 @@ class SkillResult:
     wait_probability: float
     service_level: float
     abandon_rate: float
+    # Counted calls still queued when arrivals stopped; they were answered or hung up later.
+    waiting_at_end: int = 0
+    # Longest wait of an answered call, seconds (NaN when none was answered).
+    max_wait_s: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +270,18 @@ class _Tally:
     waited: int = 0
     within_target: int = 0
     wait_sum: float = 0.0
+    waiting_at_end: int = 0
+    max_wait_s: float = 0.0
+
+    def add(self, other: _Tally) -> None:
+        self.offered += other.offered
+        self.answered += other.answered
+        self.abandoned += other.abandoned
+        self.waited += other.waited
+        self.within_target += other.within_target
+        self.wait_sum += other.wait_sum
+        self.waiting_at_end += other.waiting_at_end
+        self.max_wait_s = max(self.max_wait_s, other.max_wait_s)
 
     def result(self, skill: str) -> SkillResult:
         return SkillResult(
@@ -260,6 +290,8 @@ class _Tally:
             wait_probability=self.waited / self.answered if self.answered else math.nan,
             service_level=self.within_target / self.offered if self.offered else math.nan,
             abandon_rate=self.abandoned / self.offered if self.offered else math.nan,
+            waiting_at_end=self.waiting_at_end,
+            max_wait_s=self.max_wait_s if self.answered else math.nan,
         )
 
 
@@ -291,6 +323,8 @@ async def _call(run: _Run, call_id: str, traffic: SkillTraffic, horizon_s: float
 
     patience = run.rng.expovariate(1.0 / traffic.patience_s) if traffic.patience_s else 10.0 * horizon_s
     reservation = await run.pool.reserve(call_id, traffic.skill, timeout_s=patience)
+    if counted and loop.time() > horizon_s:
+        tally.waiting_at_end += 1
     if reservation is None:
         run.pool.call_ended(call_id)
         if counted:
@@ -301,6 +335,7 @@ async def _call(run: _Run, call_id: str, traffic: SkillTraffic, horizon_s: float
     if counted:
         tally.answered += 1
         tally.wait_sum += wait
+        tally.max_wait_s = max(tally.max_wait_s, wait)
         tally.waited += wait > 0
         tally.within_target += wait <= run.target_s
     # The agent answers at once. The phone's own state is not simulated: the pool's view
@@ -350,12 +385,7 @@ async def _simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraff
 
     total = _Tally()
     for tally in run.tallies.values():
-        total.offered += tally.offered
-        total.answered += tally.answered
-        total.abandoned += tally.abandoned
-        total.waited += tally.waited
-        total.within_target += tally.within_target
-        total.wait_sum += tally.wait_sum
+        total.add(tally)
     window = horizon * (1.0 - warmup_fraction)
     return SimulationResult(
         agents=len(roster), simulated_s=horizon, target_s=target_s,
@@ -365,7 +395,8 @@ async def _simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraff
 
 
 def simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic], *, hours: float, target_s: float,
-             seed: int = 12349, warmup_fraction: float = 0.1, wrap_up_s: float = 0.0) -> SimulationResult:
+             seed: int = 12349, warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+             wrap_up_s: float = 0.0) -> SimulationResult:
     """Run the pool against Poisson traffic for ``hours`` of simulated time and return the figures.
 
     Must be called outside a running event loop; it runs its own virtual-time loop.
@@ -378,3 +409,58 @@ def simulate(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic], *,
             _simulate(roster, traffic, hours, target_s, seed, warmup_fraction, wrap_up_s))
     finally:
         loop.close()
+
+
+def sparse_skills(results: Sequence[SimulationResult], traffic: Sequence[SkillTraffic],
+                  min_calls: int = MIN_STABLE_CALLS) -> dict[str, int]:
+    """Return the skills with traffic whose fewest counted calls over ``results`` is below ``min_calls``.
+
+    The value is that fewest count, so a caller can show how thin the sample was.
+    """
+    sparse: dict[str, int] = {}
+    for item in traffic:
+        if item.calls_per_hour == 0:
+            continue
+        counts = [row.offered for result in results for row in result.skills if row.skill == item.skill]
+        fewest = min(counts, default=0)
+        if fewest < min_calls:
+            sparse[item.skill] = fewest
+    return sparse
+
+
+def hours_for_calls(traffic: Sequence[SkillTraffic], skills: Sequence[str], min_calls: int = MIN_STABLE_CALLS,
+                    warmup_fraction: float = DEFAULT_WARMUP_FRACTION) -> int:
+    """Return the whole hours after which each of ``skills`` expects ``min_calls`` counted calls.
+
+    The expectation uses each skill's nominal rate and leaves out the warm-up share of the run.
+    """
+    rates = [item.calls_per_hour for item in traffic if item.skill in skills and item.calls_per_hour > 0]
+    if not rates:
+        return 0
+    return math.ceil(min_calls / (min(rates) * (1.0 - warmup_fraction)))
+
+
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """A skill whose offered load, wrap-up included, reaches the agents who have it."""
+
+    skill: str
+    # Erlangs: calls per hour times (handle time plus wrap-up) over 3600 s.
+    load: float
+    agents: int
+
+
+def overloaded_skills(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic],
+                      wrap_up_s: float = 0.0) -> tuple[Overload, ...]:
+    """Return the skills whose load is at least the number of roster agents with that skill.
+
+    Such a queue has no steady state when callers never hang up: it grows for as long as
+    calls arrive. Skills no agent has are left out, since every call of theirs goes unanswered.
+    """
+    found: list[Overload] = []
+    for item in traffic:
+        agents = sum(1 for agent in roster if item.skill in agent.skills)
+        load = item.calls_per_hour * (item.handle_s + wrap_up_s) / 3600.0
+        if agents > 0 and load > 0 and load >= agents:
+            found.append(Overload(item.skill, load, agents))
+    return tuple(found)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,10 +22,31 @@ from rich.table import Table
 
 from acd.agent_commands import AgentAction, AgentCommand
 from acd.decisions import describe_decision
-from acd.erlang import agents_needed
-from acd.pool import PAUSE_REASONS, STATE_LABELS, AgentProfile, AgentState
+from acd.erlang import Staffing, agents_needed
+from acd.pool import (
+    ELDERLY_CARE_TRAINING,
+    PAUSE_REASONS,
+    SIGN_LANGUAGE_SKILL,
+    STATE_LABELS,
+    VIDEO_CAPABILITY,
+    AgentProfile,
+    AgentState,
+)
 from acd.roster import RosterError, load_roster
-from acd.simulator import ServiceTarget, SimulationResult, TrafficError, load_traffic, simulate
+from acd.simulator import (
+    DEFAULT_WARMUP_FRACTION,
+    MIN_STABLE_CALLS,
+    ServiceTarget,
+    SimulationResult,
+    SkillTraffic,
+    TrafficError,
+    TrafficPlan,
+    hours_for_calls,
+    load_traffic,
+    overloaded_skills,
+    simulate,
+    sparse_skills,
+)
 from hotline.commands.console import operator_console
 from hotline.config import ConfigError, NodeConfig, load_node_config
 from storage.acd_store import AcdStore, acd_path
@@ -285,15 +309,122 @@ def _recommended_roster(needed: dict[str, int]) -> list[AgentProfile]:
     ]
 
 
-def _print_simulation(title: str, result: SimulationResult) -> None:
+# Short column headers keep both tables within a 100-column terminal; the legend lines
+# below each table spell them out, each line under 100 columns too.
+ERLANG_LEGEND = (
+    "列说明：来电/时＝每小时来电数；处理秒＝平均处理时长，不含话后整理；",
+    "　　话务量＝爱尔兰数，即来电/时 ×（处理秒＋话后整理秒）÷ 3600；",
+    "　　最少坐席＝达到目标的最少坐席数，服务水平、平均等待秒、占用率是按这个人数预计的值；",
+    "　　现有坐席＝名单中具备该技能的坐席数。",
+)
+SIMULATION_LEGEND = (
+    f"列说明：来电＝统计期内到达的来电，不含开头 {DEFAULT_WARMUP_FRACTION:.0%} 的预热时段；",
+    "　　平均等待秒、最长等待秒＝接起的来电从到达到分到坐席的秒数；需等待比例＝接起的来电中排过队的比例；",
+    "　　服务水平＝目标秒数内接起的来电占全部来电的比例，放弃的来电算未达标。",
+    "　　模拟停止来电时仍在排队的来电继续等到接起或挂机为止，这段等待也计入平均等待和最长等待。",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ErlangRow:
+    """Erlang C minimum of one skill next to the agents the roster has for it."""
+
+    traffic: SkillTraffic
+    figures: Staffing
+    needed: int
+    on_roster: int
+
+
+def erlang_rows(plan: TrafficPlan, target: ServiceTarget, roster: list[AgentProfile]) -> list[ErlangRow]:
+    """Compute the Erlang C minimum per skill; wrap-up counts as handle time."""
+    rows: list[ErlangRow] = []
+    for traffic in plan.skills:
+        try:
+            figures = agents_needed(traffic.calls_per_hour, traffic.handle_s + plan.wrap_up_s,
+                                    target.seconds, target.share)
+        except ValueError:
+            raise _CommandFailed(f"技能 {traffic.skill} 的话务量太大，1 万名坐席也达不到目标，"
+                                 f"请核对 calls_per_hour 和 handle_s") from None
+        needed = figures.agents if traffic.calls_per_hour > 0 else 0
+        on_roster = sum(1 for agent in roster if traffic.skill in agent.skills)
+        rows.append(ErlangRow(traffic, figures, needed, on_roster))
+    return rows
+
+
+def erlang_table(rows: list[ErlangRow]) -> Table:
+    """Build the Erlang C table; headers are short so that it fits 100 columns (see ``ERLANG_LEGEND``)."""
+    table = Table(title="按 Erlang C 计算的每个技能最少坐席数（假定坐席只接该技能）")
+    for column in ("技能", "来电/时", "处理秒", "话务量", "最少坐席", "服务水平", "平均等待秒", "占用率", "现有坐席"):
+        table.add_column(column, no_wrap=column != "技能")
+    for row in rows:
+        figures = row.figures
+        table.add_row(row.traffic.skill, f"{row.traffic.calls_per_hour:g}", f"{row.traffic.handle_s:g}",
+                      f"{figures.load:.2f}", str(row.needed), _pct(figures.service_level), _seconds(figures.asa_s),
+                      _pct(figures.occupancy), str(row.on_roster))
+    return table
+
+
+def simulation_table(title: str, result: SimulationResult) -> Table:
+    """Build the table of one simulation run (see ``SIMULATION_LEGEND``)."""
     table = Table(title=title)
-    for column in ("技能", "来电", "接起", "平均等待（秒）", "需等待的比例", "服务水平", "放弃率"):
-        table.add_column(column)
+    for column in ("技能", "来电", "接起", "平均等待秒", "最长等待秒", "需等待比例", "服务水平", "放弃率"):
+        table.add_column(column, no_wrap=column != "技能")
     for row in (*result.skills, result.total):
-        table.add_row(row.skill, str(row.offered), str(row.answered), _seconds(row.asa_s),
+        table.add_row(row.skill, str(row.offered), str(row.answered), _seconds(row.asa_s), _seconds(row.max_wait_s),
                       _pct(row.wait_probability), _pct(row.service_level), _pct(row.abandon_rate))
-    operator_console().print(table)
+    return table
+
+
+def _print_simulation(title: str, result: SimulationResult) -> None:
+    operator_console().print(simulation_table(title, result))
     click.echo(f"坐席 {result.agents} 名，占用率（通话和话后整理占坐席时间的比例）{_pct(result.occupancy)}")
+
+
+def overload_warnings(roster: list[AgentProfile], plan: TrafficPlan, result: SimulationResult,
+                      needed: dict[str, int]) -> list[str]:
+    """Return Chinese warning lines for each skill whose load reaches its agents on ``roster``, and for the total."""
+    by_skill = {row.skill: row for row in result.skills}
+    patience = {traffic.skill: traffic.patience_s for traffic in plan.skills}
+    lines: list[str] = []
+    for overload in overloaded_skills(roster, plan.skills, plan.wrap_up_s):
+        row = by_skill[overload.skill]
+        lines.append(f"注意：技能 {overload.skill} 的话务量 {overload.load:.2f} 爱尔兰（含话后整理），"
+                     f"不少于名单中具备该技能的 {overload.agents} 名坐席。")
+        if patience[overload.skill] is None:
+            lines.append("　　来电人不挂机时队列会一直变长，平均等待只反映模拟时长，换一个 --hours 就会变。")
+        else:
+            lines.append(f"　　接不过来的来电大多在排队中挂机（平均耐心 {patience[overload.skill]:g} 秒），请主要看放弃率。")
+        lines.append(f"　　模拟停止来电时该技能仍有 {row.waiting_at_end} 个来电在排队，模拟继续到它们接起或挂机为止，")
+        lines.append(f"　　这段等待计入平均等待（最长等待 {_seconds(row.max_wait_s)} 秒）。"
+                     f"这些坐席会的其他技能也因此排长队。")
+        lines.append(f"　　请给该技能至少 {needed.get(overload.skill, 0)} 名坐席（第一张表的最少坐席）。")
+
+    staffed = {skill for agent in roster for skill in agent.skills}
+    total_load = sum(t.calls_per_hour * (t.handle_s + plan.wrap_up_s) / 3600.0
+                     for t in plan.skills if t.skill in staffed)
+    if roster and total_load >= len(roster):
+        lines.append(f"注意：各技能话务量合计 {total_load:.2f} 爱尔兰（含话后整理），不少于名单中的全部 "
+                     f"{len(roster)} 名坐席。")
+        lines.append("　　即使坐席会多个技能也接不完，排队会一直变长：请增加坐席。")
+    return lines
+
+
+def sample_warning(results: list[SimulationResult], plan: TrafficPlan, hours: float) -> list[str]:
+    """Return Chinese warning lines naming the skills with too few counted calls, and the hours that would do."""
+    sparse = sparse_skills(results, plan.skills)
+    if not sparse:
+        return []
+    names = "、".join(f"{skill}（{count} 个）" for skill, count in sparse.items())
+    enough = hours_for_calls(plan.skills, list(sparse))
+    if enough <= hours:
+        # The run was long enough on average but drew fewer calls: scale up by what it measured.
+        enough = math.ceil(hours * MIN_STABLE_CALLS / max(min(sparse.values()), 1))
+    return [
+        f"注意：模拟 {hours:g} 小时中，技能 {names}统计到的来电少于 {MIN_STABLE_CALLS} 个。",
+        "　　这些技能的等待、需等待比例、服务水平和放弃率随机波动很大，不能据此定人数",
+        f"　　（{MIN_STABLE_CALLS} 个来电时，比例的标准误最大约 2.5 个百分点）。",
+        f"　　请用 --hours {enough} 或更长重新运行：按话务量文件，这样每个技能约有 {MIN_STABLE_CALLS} 个来电。",
+    ]
 
 
 @acd.command(help="容量测算：按 Erlang C 算每个技能至少要几名坐席，并模拟现有名单和建议名单的接通情况。")
@@ -311,37 +442,140 @@ def whatif(roster_path: Path, traffic_path: Path, target_text: str | None, hours
     except (RosterError, TrafficError) as exc:
         raise _CommandFailed(str(exc)) from None
 
+    # Erlang C minimum per skill.
     click.echo(f"服务水平目标：{target.label()}；话后整理 {plan.wrap_up_s:g} 秒；模拟 {hours:g} 小时，随机种子 {seed}")
-    table = Table(title="按 Erlang C 计算的每个技能最少坐席数（假定坐席只接该技能）")
-    for column in ("技能", "每小时来电", "平均处理时长（秒）", "话务量（爱尔兰）", "最少坐席",
-                   "预计服务水平", "预计平均等待（秒）", "预计占用率", "名单中具备该技能的坐席"):
-        table.add_column(column)
-    needed: dict[str, int] = {}
-    for traffic in plan.skills:
-        handle = traffic.handle_s + plan.wrap_up_s
-        try:
-            figures = agents_needed(traffic.calls_per_hour, handle, target.seconds, target.share)
-        except ValueError:
-            raise _CommandFailed(f"技能 {traffic.skill} 的话务量太大，1 万名坐席也达不到目标，请核对 calls_per_hour 和 handle_s") from None
-        needed[traffic.skill] = figures.agents if traffic.calls_per_hour > 0 else 0
-        on_roster = sum(1 for agent in roster if traffic.skill in agent.skills)
-        table.add_row(traffic.skill, f"{traffic.calls_per_hour:g}", f"{traffic.handle_s:g}", f"{figures.load:.2f}",
-                      str(needed[traffic.skill]), _pct(figures.service_level), _seconds(figures.asa_s),
-                      _pct(figures.occupancy), str(on_roster))
-    operator_console().print(table)
+    rows = erlang_rows(plan, target, roster)
+    needed = {row.traffic.skill: row.needed for row in rows}
+    console = operator_console()
+    console.print(erlang_table(rows))
+    for line in ERLANG_LEGEND:
+        click.echo(line)
 
     missing = [t.skill for t in plan.skills if t.calls_per_hour > 0 and not any(t.skill in a.skills for a in roster)]
     if missing:
         click.echo(f"注意：名单中没有坐席具备技能 {'、'.join(missing)}，这些来电在现有名单下无人接听，"
-                   f"请在名单 {roster_path} 中给坐席加上该技能")
+                   f"模拟表中计为放弃。")
+        click.echo(f"　　请在名单 {roster_path} 中给坐席加上该技能。")
     if not any(t.patience_s for t in plan.skills):
         click.echo("话务量文件没有 patience_s（平均耐心时长），模拟中来电一直等到接起，放弃率为 0")
 
-    _print_simulation(f"现有名单 {roster_path} 的模拟结果",
-                      simulate(roster, plan.skills, hours=hours, target_s=target.seconds, seed=seed,
-                               wrap_up_s=plan.wrap_up_s))
+    # Both simulations run before printing, so the sample-size warning can name both tables.
+    current = simulate(roster, plan.skills, hours=hours, target_s=target.seconds, seed=seed, wrap_up_s=plan.wrap_up_s)
     recommended = _recommended_roster(needed)
-    _print_simulation(f"建议名单（每个技能按最少坐席数专人接听，共 {len(recommended)} 名）的模拟结果",
-                      simulate(recommended, plan.skills, hours=hours, target_s=target.seconds, seed=seed,
-                               wrap_up_s=plan.wrap_up_s))
+    suggested = simulate(recommended, plan.skills, hours=hours, target_s=target.seconds, seed=seed,
+                         wrap_up_s=plan.wrap_up_s)
+
+    click.echo("")
+    _print_simulation(f"现有名单 {roster_path} 的模拟结果", current)
+    for line in overload_warnings(roster, plan, current, needed):
+        click.echo(line)
+    click.echo("")
+    _print_simulation(f"建议名单（每个技能按最少坐席数专人接听，共 {len(recommended)} 名）的模拟结果", suggested)
+    for line in (*SIMULATION_LEGEND, *sample_warning([current, suggested], plan, hours)):
+        click.echo(line)
     click.echo("说明：Erlang C 假定来电不挂机、坐席只接一个技能；有放弃、多技能坐席时以模拟结果为准。")
+
+
+# --- roster check ---------------------------------------------------------------------------
+
+
+def _agent_count(agents: list[AgentProfile]) -> str:
+    if not agents:
+        return "0 名"
+    return f"{len(agents)} 名：" + "、".join(f"{agent.agent_id}（{agent.name}）" for agent in agents)
+
+
+def skills_table(roster: list[AgentProfile]) -> Table:
+    """Build the table of skills: agents per skill and how many stand at each proficiency level."""
+    table = Table(title="技能")
+    for column in ("技能", "坐席数", "熟练度（等级:人数）", "坐席"):
+        table.add_column(column, no_wrap=column in ("坐席数", "熟练度（等级:人数）"))
+    for skill in sorted({skill for agent in roster for skill in agent.skills}):
+        holders = [agent for agent in roster if skill in agent.skills]
+        levels = Counter(agent.level(skill) for agent in holders)
+        spread = " ".join(f"{level}:{levels[level]}" for level in sorted(levels, reverse=True))
+        table.add_row(skill, str(len(holders)), spread, "、".join(agent.agent_id for agent in holders))
+    return table
+
+
+def need_lines(roster: list[AgentProfile]) -> list[str]:
+    """Return Chinese lines on who can take calls with special needs, and warnings on half-set ones."""
+    sign = [a for a in roster if SIGN_LANGUAGE_SKILL in a.skills and VIDEO_CAPABILITY in a.capabilities]
+    lines = [f"  手语来电（技能 {SIGN_LANGUAGE_SKILL} 且话机有 {VIDEO_CAPABILITY} 能力）：{_agent_count(sign)}"]
+    languages = sorted({language for agent in roster for language in agent.languages})
+    if languages:
+        spoken = "；".join(
+            f"{language} {sum(language in a.languages for a in roster)} 名"
+            f"（{'、'.join(a.agent_id for a in roster if language in a.languages)}）"
+            for language in languages)
+        lines.append(f"  语言和方言：{spoken}")
+    else:
+        lines.append("  语言和方言：名单没有写 languages，需要方言的来电没有坐席可接")
+    trained = [a for a in roster if ELDERLY_CARE_TRAINING in a.training]
+    lines.append(f"  老年人服务培训（{ELDERLY_CARE_TRAINING}，需语速放缓的来电优先分给他们）："
+                 f"{_agent_count(trained)}")
+
+    for agent in roster:
+        if SIGN_LANGUAGE_SKILL in agent.skills and VIDEO_CAPABILITY not in agent.capabilities:
+            lines.append(f"  注意：坐席 {agent.agent_id} 有技能 {SIGN_LANGUAGE_SKILL}，但 capabilities 没有 "
+                         f"{VIDEO_CAPABILITY}，接不了手语来电：话机支持视频就在 capabilities 写 {VIDEO_CAPABILITY}")
+    if sign:
+        lines.append("  说明：节点启动后还会核对这些坐席的话机端点在交换机上是否开通了视频编解码，没有开通的不接手语来电")
+    else:
+        lines.append("  注意：名单中没有能接手语来电的坐席，手语来电会一直排队")
+    return lines
+
+
+def traffic_problems(roster: list[AgentProfile], traffic_path: Path) -> tuple[list[str], list[str]]:
+    """Return (errors, notes) from matching a traffic file's skills against ``roster``."""
+    try:
+        plan = load_traffic(traffic_path)
+    except TrafficError as exc:
+        return [str(exc)], []
+    staffed = {skill for agent in roster for skill in agent.skills}
+    errors = [f"话务量文件 {traffic_path}：技能 {traffic.skill}（每小时 {traffic.calls_per_hour:g} 个来电）"
+              f"名单中没有坐席具备，这些来电无人接听：请在名单中给至少一名坐席加上技能 {traffic.skill}"
+              for traffic in plan.skills if traffic.skill not in staffed]
+    listed = {traffic.skill for traffic in plan.skills}
+    unlisted = sorted(staffed - listed)
+    if not unlisted:
+        return errors, []
+    return errors, [f"名单中的技能 {'、'.join(unlisted)} 不在话务量文件 {traffic_path} 中，容量测算不会模拟这些技能的来电"]
+
+
+@acd.command(short_help="不启动节点，检查坐席名单文件；可同时核对话务量文件的技能。",
+             help="检查坐席名单文件（YAML 或 CSV，与节点 telephony.roster 同一读取方式），不需要运行节点。"
+                  "名单和话务量都没有错误时退出码为 0，否则为 1。")
+@click.argument("roster_path", metavar="ROSTER", type=click.Path(path_type=Path))
+@click.option("--traffic", "traffic_path", default=None, type=click.Path(path_type=Path),
+              help="话务量文件（hotline acd whatif 用的那个）：同时检查其中每个技能在名单中至少有一名坐席")
+def check(roster_path: Path, traffic_path: Path | None) -> None:
+    try:
+        roster = load_roster(roster_path)
+    except RosterError as exc:
+        if exc.problems:
+            click.echo(f"坐席名单 {roster_path} 有 {len(exc.problems)} 处错误：", err=True)
+            for problem in exc.problems:
+                click.echo(f"  - {problem}", err=True)
+        else:
+            click.echo(str(exc), err=True)
+        click.echo(f"{roster_path}：名单未通过检查，改正后再运行 hotline acd check {roster_path}", err=True)
+        sys.exit(1)
+
+    click.echo(f"坐席名单 {roster_path}：共 {len(roster)} 名坐席")
+    operator_console().print(skills_table(roster))
+    click.echo("来电需求能力：")
+    for line in need_lines(roster):
+        click.echo(line)
+
+    errors: list[str] = []
+    if traffic_path is not None:
+        errors, notes = traffic_problems(roster, traffic_path)
+        for note in notes:
+            click.echo(f"提示：{note}")
+    if errors:
+        for error in errors:
+            click.echo(f"错误：{error}", err=True)
+        click.echo(f"{roster_path}：共 {len(errors)} 处错误，名单未通过检查", err=True)
+        sys.exit(1)
+    click.echo(f"{roster_path}：通过检查" + (f"，话务量文件 {traffic_path} 中的每个技能都有坐席" if traffic_path else ""))

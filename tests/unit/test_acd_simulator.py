@@ -11,17 +11,34 @@ from pathlib import Path
 import pytest
 import structlog
 from click.testing import CliRunner
+from rich.cells import cell_len
+from rich.console import Console
 
 from acd.erlang import average_speed_of_answer, erlang_c, service_level
 from acd.pool import AgentProfile
 from acd.simulator import (
+    MIN_STABLE_CALLS,
+    Overload,
     ServiceTarget,
     SkillTraffic,
     TrafficError,
+    TrafficPlan,
+    hours_for_calls,
     load_traffic,
+    overloaded_skills,
     simulate,
+    sparse_skills,
 )
 from hotline.cli import main
+from hotline.commands.acd import (
+    ERLANG_LEGEND,
+    SIMULATION_LEGEND,
+    erlang_rows,
+    erlang_table,
+    overload_warnings,
+    sample_warning,
+    simulation_table,
+)
 
 SOAK = os.environ.get("HOTLINE_SOAK") == "1"
 
@@ -164,3 +181,172 @@ def test_whatif_reports_a_bad_traffic_file(tmp_path: Path):
 
     assert result.exit_code != 0
     assert "找不到话务量文件" in result.output
+
+
+def test_overloaded_queue_drains_after_arrivals_stop():
+    """One agent, 2 Erlangs, callers never hang up: every counted call is still answered.
+
+    The calls queued when arrivals stop are answered later and their waits count, so the
+    mean wait roughly doubles when the run doubles.
+    """
+    traffic = [SkillTraffic("dibao", 60, 120)]
+
+    short = simulate(_agents(1), traffic, hours=5, target_s=15, seed=7).total
+    long = simulate(_agents(1), traffic, hours=10, target_s=15, seed=7).total
+
+    assert short.answered == short.offered
+    assert short.abandoned == 0
+    assert short.waiting_at_end > short.offered / 3
+    assert short.max_wait_s > 3600
+    assert long.asa_s > 1.5 * short.asa_s
+
+
+def test_stable_queue_has_few_calls_waiting_at_end():
+    result = simulate(_agents(3), [SkillTraffic("dibao", 40, 120)], hours=20, target_s=15, seed=3)
+
+    total = result.total
+    assert total.waiting_at_end <= 3
+    assert 0 < total.max_wait_s < 600
+    assert math.isnan(simulate(_agents(1), [SkillTraffic("dibao", 0, 120)], hours=1, target_s=15).total.max_wait_s)
+
+
+def test_overloaded_skills_compares_load_with_agents():
+    roster = [AgentProfile("a1", "一", "ep1", frozenset({"dibao", "tekun"})),
+              AgentProfile("a2", "二", "ep2", frozenset({"dibao"}))]
+    traffic = [SkillTraffic("dibao", 40, 150),    # 1.67 Erlangs with 2 agents
+               SkillTraffic("tekun", 30, 150),    # 1.25 Erlangs with 1 agent
+               SkillTraffic("linshi", 30, 300),   # no agent at all: reported elsewhere
+               SkillTraffic("yanglao", 0, 300)]
+
+    assert overloaded_skills(roster, traffic) == (Overload("tekun", pytest.approx(1.25), 1),)
+    with_wrap_up = overloaded_skills(roster, traffic, wrap_up_s=30)
+    assert [item.skill for item in with_wrap_up] == ["dibao", "tekun"]
+    assert with_wrap_up[0].load == pytest.approx(2.0)
+
+
+def test_sparse_skills_and_hours_needed():
+    traffic = [SkillTraffic("dibao", 100, 60), SkillTraffic("yanglao", 5, 60), SkillTraffic("tekun", 0, 60)]
+    result = simulate(_agents(3, "dibao") + [AgentProfile("y", "养", "epy", frozenset({"yanglao"}))],
+                      traffic, hours=10, target_s=15, seed=4)
+
+    sparse = sparse_skills([result], traffic)
+
+    assert list(sparse) == ["yanglao"]
+    assert sparse["yanglao"] == result.skills[1].offered < MIN_STABLE_CALLS
+    assert hours_for_calls(traffic, ["yanglao"]) == 89  # 400 / (5 per hour * 0.9 counted)
+    assert hours_for_calls(traffic, ["dibao", "yanglao"]) == 89
+    assert hours_for_calls(traffic, ["dibao"]) == 5
+    assert hours_for_calls(traffic, ["tekun"]) == 0
+
+
+def test_whatif_warns_about_few_calls(tmp_path: Path):
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("- {id: a1, name: 坐席一, endpoint: ep1, skills: [dibao, yanglao]}\n"
+                      "- {id: a2, name: 坐席二, endpoint: ep2, skills: [dibao]}\n", encoding="utf-8")
+    traffic = tmp_path / "traffic.csv"
+    traffic.write_text("skill,calls_per_hour,handle_s\ndibao,13,240\nyanglao,5,200\n", encoding="utf-8")
+
+    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "1"])
+
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if "统计到的来电少于 400 个" in line)
+    assert "dibao（" in warning
+    assert "yanglao（" in warning
+    assert "请用 --hours 89 或更长重新运行" in result.output  # yanglao: 400 / (5 * 0.9)
+
+
+def test_whatif_without_warning_for_enough_calls(tmp_path: Path):
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("- {id: a1, name: 坐席一, endpoint: ep1, skills: [dibao]}\n"
+                      "- {id: a2, name: 坐席二, endpoint: ep2, skills: [dibao]}\n", encoding="utf-8")
+    traffic = tmp_path / "traffic.csv"
+    traffic.write_text("skill,calls_per_hour,handle_s\ndibao,60,60\n", encoding="utf-8")
+
+    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "10"])
+
+    assert result.exit_code == 0, result.output
+    assert "少于 400 个" not in result.output
+    assert "不少于名单中具备该技能" not in result.output
+
+
+def test_whatif_warns_about_overloaded_skill(tmp_path: Path):
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("- {id: a1, name: 坐席一, endpoint: ep1, skills: [dibao, tekun]}\n"
+                      "- {id: a2, name: 坐席二, endpoint: ep2, skills: [dibao]}\n", encoding="utf-8")
+    traffic = tmp_path / "traffic.csv"
+    traffic.write_text("skill,calls_per_hour,handle_s\ndibao,10,120\ntekun,40,300\n", encoding="utf-8")
+
+    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "4"])
+
+    assert result.exit_code == 0, result.output
+    assert "注意：技能 tekun 的话务量 3.33 爱尔兰（含话后整理），不少于名单中具备该技能的 1 名坐席。" in result.output
+    assert "平均等待只反映模拟时长" in result.output
+    assert "请给该技能至少 6 名坐席" in result.output
+    assert "技能 dibao 的话务量" not in result.output
+    queued = next(line for line in result.output.splitlines() if "模拟停止来电时该技能仍有" in line)
+    assert int(queued.split("仍有 ")[1].split(" 个")[0]) > 10
+
+
+def test_overload_warning_with_patience_points_at_abandonment():
+    roster = _agents(1)
+    plan = TrafficPlan((SkillTraffic("dibao", 60, 120, patience_s=60),))
+    result = simulate(roster, plan.skills, hours=3, target_s=15, seed=2)
+
+    lines = overload_warnings(roster, plan, result, {"dibao": 4})
+
+    assert "平均耐心 60 秒" in lines[1]
+    assert "请给该技能至少 4 名坐席" in lines[-3]
+    assert lines[-2].startswith("注意：各技能话务量合计 2.00 爱尔兰")
+
+
+def _render(table, width: int) -> list[str]:
+    console = Console(width=width, record=True, file=open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+    console.print(table)
+    console.file.close()
+    return console.export_text().splitlines()
+
+
+def _whatif_tables(skills: tuple[str, ...]) -> tuple[dict[str, object], list[str]]:
+    plan = TrafficPlan(tuple(SkillTraffic(skill, 120.5, 1234.5, 90) for skill in skills), wrap_up_s=30)
+    roster = [AgentProfile(f"a{i}", "坐席", f"ep{i}", frozenset(skills)) for i in range(12)]
+    result = simulate(roster, plan.skills, hours=1, target_s=15, seed=1, wrap_up_s=30)
+    tables = {
+        "erlang": erlang_table(erlang_rows(plan, ServiceTarget(0.8, 15), roster)),
+        "simulation": simulation_table("现有名单 /srv/hotline/county/roster.yaml 的模拟结果", result),
+    }
+    return tables, [*ERLANG_LEGEND, *SIMULATION_LEGEND, *sample_warning([result], plan, 1)]
+
+
+def test_whatif_tables_fit_100_columns():
+    """Skill names up to 13 characters (sign_language): tables, legends and warnings fit 100 columns unwrapped."""
+    tables, notes = _whatif_tables(("dibao", "sign_language"))
+
+    for name, table in tables.items():
+        widest = max(cell_len(line) for line in _render(table, 400))
+        assert widest <= 100, f"{name}: {widest} cells"
+    assert max(cell_len(line) for line in notes) <= 100
+
+
+def test_whatif_tables_wrap_long_skill_names_only():
+    """A 32-character skill name wraps in its own column; headers stay on one line at 100 columns."""
+    tables, _ = _whatif_tables(("dibao", "a" * 32))
+
+    for name, table in tables.items():
+        lines = _render(table, 100)
+        assert max(cell_len(line) for line in lines) <= 100, name
+        header = next(line for line in lines if line.startswith("┃"))
+        assert header.count("┃") == len(table.columns) + 1, f"{name}: header wrapped"
+        assert sum(line.startswith("┃") for line in lines) == 1, f"{name}: header wrapped"
+
+
+def test_sample_warning_scales_hours_by_measured_calls():
+    """38 hours at 12 calls an hour expect 410 counted calls; seed 4 draws 390, so the hint scales by those."""
+    plan = TrafficPlan((SkillTraffic("dibao", 12, 60),))
+    result = simulate(_agents(2), plan.skills, hours=38, target_s=15, seed=4)
+
+    lines = sample_warning([result], plan, 38)
+
+    assert hours_for_calls(plan.skills, ["dibao"]) == 38  # 400 / (12 * 0.9) = 37.04
+    assert result.skills[0].offered == 390
+    assert "技能 dibao（390 个）" in lines[0]
+    assert "请用 --hours 39 或更长" in lines[-1]  # 38 * 400 / 390 = 38.97
