@@ -165,6 +165,7 @@ EVENT_KIND_LABELS: Mapping[str, str] = MappingProxyType({
     "agent_answered": "坐席接听",
     "call_ended": "通话结束",
     "emergency_alert": "紧急告警",
+    "emergency_overflow": "紧急来电转上级",
     "callback_requested": "申请回电",
     "callback_task": "回电任务",
     "queue_callback": "排队回电",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 import click
@@ -19,11 +21,15 @@ from rich.table import Table
 from hotline.commands.console import operator_console
 from hotline.config import ConfigError, NodeConfig, load_node_config
 from hotline.logging import configure_logging
+from hotline.queue_callbacks import CallbackResult
 from storage.errors import StorageBusy, StorageError, TicketConflict, TicketNotFound
 from storage.ticket_store import TicketStore
+from tickets.call_record import CallOutcome
+from tickets.envelope import EMERGENCY_OVERFLOW_REASON, INSTRUCTION_KINDS
 from tickets.lifecycle import (
     ACTIONS,
     CANCEL_REASONS,
+    EVENT_KIND_LABELS,
     RETURN_REASONS,
     Field,
     TransitionRejected,
@@ -31,8 +37,8 @@ from tickets.lifecycle import (
     event_kind_label,
     reason_label,
 )
-from tickets.envelope import INSTRUCTION_KINDS
 from tickets.model import TicketEvent, TicketState, Tier
+from tickets.sla import CASE_KIND_KEY, ClockUnit, Phase
 from tier_sync.escalation import ESCALATE_TO_KEY
 from tier_sync.instructions import InvalidInstruction, issue_instruction
 
@@ -82,46 +88,113 @@ def _who(event: TicketEvent) -> str:
     return f"{event.tier.label}级 {event.office}" if event.office else f"{event.tier.label}级"
 
 
-# Payload keys the IVR and the lifecycle write, as operators call them.
-_PAYLOAD_LABELS = {
+# Payload keys that the IVR, the ticket desk, the lifecycle, the tier chain, the standby
+# controller and the SLA extensions write, as operators call them. A key missing here is
+# shown as stored.
+_PAYLOAD_LABELS: Mapping[str, str] = MappingProxyType({
+    # The call that opened the ticket, written by the ticket desk and the standby controller.
     "call_id": "通话编号", "channel": "渠道", "skill": "技能组", "flow_id": "流程", "flow_version": "流程版本",
-    "caller_flags": "号码标记", "opened_because": "受理原因", "agent_id": "坐席", "talk_seconds": "通话秒数",
-    "answered_at": "接听时间", "outcome": "通话结果", "last_node": "最后节点", "duration_seconds": "通话总秒数",
-    "path": "路径", "score": "评分", "file": "文件", "number": "回电号码", "sha256": "附件指纹",
-    "target_ticket_id": "关联工单", "escalate_to_node_id": "提级至节点", "escalated_from_ticket_id": "提级来源工单",
-    "escalated_from_node_id": "提级来源节点", "escalation_event_id": "提级事件", "instruction_id": "上级指令编号",
-    "issuer_node_id": "指令下达节点",
-}
-_PAYLOAD_VALUES = {
-    "phone": "电话", "category_chosen": "来电者选择了业务类别", "agent_answered": "坐席已接听",
-    "answered": "已接通坐席", "abandoned_in_menu": "菜单中挂机", "abandoned_in_queue": "排队中挂机",
-    "no_agent": "无空闲坐席", "completed": "流程结束", "failed": "失败", "no_caller_id": "未显示号码",
-}
+    "caller_flags": "号码标记", "opened_because": "受理原因", "caller_ref": "来电号码索引",
+    "profile_ref": "档案索引", "lower_tier_ticket_id": "下级工单", "agi_status": "交换机 AGI 状态",
+    "failure": "故障原因",
+    # Agent answer, end of call, survey and voice message.
+    "agent_id": "坐席", "talk_seconds": "通话秒数", "answered_at": "接听时间", "outcome": "通话结果",
+    "last_node": "最后节点", "duration_seconds": "时长（秒）", "path": "路径", "emergency": "紧急来电",
+    "priority": "优先级", "fields": "采集的信息", "transferred_to": "转接至", "score": "评分",
+    "file_name": "录音文件",
+    # Emergency alert and overflow to the tier above.
+    "need": "紧急需求", "needs": "特殊需求", "node": "流程节点", "via": "转上级方式", "tier": "上级层级",
+    "waited_seconds": "等待秒数", "reason": "原因", "emergency_callback_number": "紧急回电号码",
+    # Callback requests, callback tasks and queue callbacks.
+    "number": "回电号码", "number_masked": "回电号码（脱敏）", "number_sealed": "回电号码（加密）",
+    "number_ref": "回电号码索引", "caller_number": "回拨来电号码", "queue_skill": "保留排队的技能组",
+    "result": "回电结果", "requested_by": "申请方",
+    # Attachments, merges, escalations and instructions from the tier above.
+    "attachment_id": "附件编号（SHA-256）", "size_bytes": "大小（字节）", "media_type": "文件类型",
+    "source_ticket_id": "并入的工单", "target_ticket_id": "关联工单", ESCALATE_TO_KEY: "提级至节点",
+    "escalated_from_ticket_id": "提级来源工单", "escalated_from_node_id": "提级来源节点",
+    "escalation_event_id": "提级事件", "instruction_id": "上级指令编号", "issuer_node_id": "指令下达节点",
+    # SLA: an approved extension and the case kind that selects the time limits.
+    "phase": "时限环节", "extra": "延长", CASE_KIND_KEY: "案件类型",
+})
+
+# Chinese words for the enumerated values of some keys; other values are shown as stored.
+_PAYLOAD_VALUES: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "channel": {"phone": "电话"},
+    "opened_because": {
+        **EVENT_KIND_LABELS,
+        "category_chosen": "来电者选择了业务类别", "agent_answered": "坐席已接听",
+        "emergency_overflow": "紧急来电转上级", "controller_fallback": "控制器故障，由交换机兜底受理",
+    },
+    "outcome": {
+        CallOutcome.ANSWERED.value: "已接通坐席", CallOutcome.ABANDONED_IN_MENU.value: "菜单中挂机",
+        CallOutcome.ABANDONED_IN_QUEUE.value: "排队中挂机", CallOutcome.NO_AGENT.value: "无空闲坐席",
+        CallOutcome.COMPLETED.value: "流程结束", CallOutcome.FAILED.value: "失败",
+    },
+    "reason": {
+        CallOutcome.ABANDONED_IN_QUEUE.value: "排队中挂机",
+        EMERGENCY_OVERFLOW_REASON: "紧急来电本级无坐席及时接听",
+    },
+    "via": {"trunk": "经中继转接上级", "callback": "请上级回电"},
+    "tier": {tier.value: f"{tier.label}级" for tier in Tier},
+    "transferred_to": {tier.value: f"{tier.label}级" for tier in Tier},
+    "result": {
+        CallbackResult.CONNECTED.value: "已接通", CallbackResult.CITIZEN_NO_ANSWER.value: "来电人未接",
+        CallbackResult.AGENT_NO_ANSWER.value: "坐席未接", CallbackResult.FAILED.value: "交换机未能外呼",
+        CallbackResult.EXPIRED.value: "保留时限内无空闲坐席",
+    },
+    "requested_by": {"controller_fallback": "交换机兜底（控制器故障）"},
+    "agi_status": {"SUCCESS": "控制器中途断开或拒绝来电", "FAILURE": "无法连接控制器"},
+    "caller_flags": {"no_caller_id": "未显示号码", "malformed": "号码格式无效"},
+    "phase": {phase.value: phase.label for phase in Phase},
+    CASE_KIND_KEY: {"emergency": "紧急", "cross_region": "跨区域", "simple": "简易"},
+})
+
+# Lists whose items follow each other; the items of other lists are listed with 、.
+_SEQUENCE_KEYS = frozenset({"path"})
 
 
-def _describe_value(value: object) -> str:
+def _describe_value(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "是" if value else "否"
     if isinstance(value, list):
-        return "→".join(_describe_value(item) for item in value) if value else "无"
+        separator = "→" if key in _SEQUENCE_KEYS else "、"
+        return separator.join(_describe_value(key, item) for item in value) if value else "无"
+    if isinstance(value, dict):
+        return _describe_mapping(key, value)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            return _PAYLOAD_VALUES.get(value, value)
+            return _PAYLOAD_VALUES.get(key, {}).get(value, value)
         if moment.tzinfo is not None:
             return _local(moment)
         return value
     return str(value)
 
 
+def _describe_mapping(key: str, value: dict[object, object]) -> str:
+    """Render a nested payload object: an extension's amounts per clock unit, or collected fields."""
+    if not value:
+        return "无"
+    if key == "extra":
+        units = {unit.value: unit.label for unit in ClockUnit}
+        return "、".join(f"{amount} {units.get(str(unit), str(unit))}" for unit, amount in value.items())
+    return "，".join(f"{name}={_describe_value(str(name), item)}" for name, item in value.items())
+
+
 def _describe_payload(payload: dict[str, object]) -> str:
-    """Render an event payload as Chinese "label：value" pairs, times in Beijing time."""
+    """Render an event payload as Chinese "label：value" pairs, times in Beijing time.
+
+    A key without a label and a value without a Chinese word are shown as stored.
+    """
     parts = []
     for key, value in payload.items():
-        if value in (None, "", []):
+        if value in (None, "", [], {}):
             continue
         if key == "flow_version" and isinstance(value, str):
             value = value[:12]
-        parts.append(f"{_PAYLOAD_LABELS.get(key, key)}：{_describe_value(value)}")
+        parts.append(f"{_PAYLOAD_LABELS.get(key, key)}：{_describe_value(key, value)}")
     return "；".join(parts)
 
 
