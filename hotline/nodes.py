@@ -41,6 +41,7 @@ from profiles.keys import KeyFileError, load_keys
 from speech.catalog import load_catalog
 from speech.vosk_recognizer import VoskRecognizer, open_recognizer
 from storage.acd_store import AcdStore, AcdStoreRecorder, acd_path
+from storage.errors import StorageError
 from storage.profile_store import ProfileStore
 from storage.ticket_store import TicketStore
 from tickets.calendar import WorkingCalendar, load_calendar_overrides
@@ -118,6 +119,9 @@ class CountyNode:
                                      else self._telephony.call_recordings_dir)
         self._callback_trunk = callback_trunk if callback_trunk is not None else self._telephony.callback_trunk
         self._queue_callbacks: QueueCallbackDialer | None = None
+        # Whether this process calls back the places stored by an earlier run. Two
+        # controllers sharing the database must not both do it.
+        self._serves_stored_places = True
 
     @property
     def fastagi_port(self) -> int:
@@ -203,7 +207,10 @@ class CountyNode:
         await self._resync_agents(self._ami)
         if self._callback_trunk is not None:
             self._queue_callbacks = QueueCallbackDialer(
-                self._pool, AmiCallbackOriginator(self._ami, self._callback_trunk), self._desk.queue_callback_finished)
+                self._pool, AmiCallbackOriginator(self._ami, self._callback_trunk), self._desk.queue_callback_finished,
+                places=self._desk)
+            if self._serves_stored_places:
+                await self._restore_kept_places()
 
         listen = self._fastagi_listen()
         routes = {HOTLINE_ROUTE: self._handle_call, AGENT_FEATURE_ROUTE: self._agent_desk.handle_feature_code}
@@ -215,6 +222,27 @@ class CountyNode:
         log.info("county node ready", node_id=self.config.node_id, region=self.config.region_code,
                  flow=flow.flow_id, flow_version=flow.version[:12], agents=len(self._pool.agent_ids),
                  port=self._server.port)
+
+    async def _restore_kept_places(self) -> None:
+        """Serve the queue places that callers kept before this controller started.
+
+        A read failure must not stop the node taking calls: the tickets' callback requests
+        stay on the agents' callback list.
+        """
+        assert self._queue_callbacks is not None and self._desk is not None
+        try:
+            restored = self._queue_callbacks.restore(await self._desk.kept_places())
+        except StorageError as exc:
+            log.error("queue callback places not restored", error=str(exc))
+            return
+        if restored:
+            log.info("queue callback places restored", count=restored)
+
+    async def _take_over_stored_places(self) -> None:
+        """Make this process the one that serves the node's stored queue places, and serve them."""
+        self._serves_stored_places = True
+        if self._queue_callbacks is not None:
+            await self._restore_kept_places()
 
     async def stop(self) -> None:
         """Stop taking calls, let live calls finish briefly, then close sync and storage."""

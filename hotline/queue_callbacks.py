@@ -6,6 +6,9 @@ ACD pool as a waiting call that arrived when they first queued (``reserve`` with
 the switch to ring the agent first and, once the agent answers, to dial the citizen
 through the outbound trunk (AMI Originate of ``Dial``). The outcome becomes a
 ``queue_callback`` event on the call's ticket.
+
+Kept places are also stored at the node (``KeptPlaceStore``), so a controller that is
+restarted, or killed, calls the waiting citizens back in their original order.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -25,6 +30,7 @@ from hwd_bridge.ami_client import AmiClient, OriginateResult
 from hwd_bridge.ami_errors import AmiError
 from hwd_bridge.ami_protocol import AmiMessage
 from ivr.engine import CallSession
+from storage.errors import StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +63,34 @@ class CallbackOriginator(Protocol):
                         ring_timeout_s: int) -> CallbackResult: ...
 
 
-RecordOutcome = Callable[[CallSession, dict[str, object]], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class KeptPlace:
+    """A callback caller's kept queue place: the call, its ticket, the number and the routing of the call.
+
+    ``queued_at`` is when the call first asked for an agent and ``expires_at`` when the
+    place is given up, both in UTC, so a place survives a controller restart.
+    """
+
+    call_id: str
+    ticket_id: str | None
+    number: str
+    skill: str
+    priority: int
+    needs: frozenset[str]
+    preferred_agent: str | None
+    queued_at: datetime
+    expires_at: datetime
+
+
+class KeptPlaceStore(Protocol):
+    """Port to the node's storage of kept places."""
+
+    async def save_kept_place(self, kept_place: KeptPlace) -> None: ...
+
+    async def forget_kept_place(self, call_id: str) -> None: ...
+
+
+RecordOutcome = Callable[[KeptPlace, dict[str, object]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,23 +100,64 @@ class CallbackSettings:
 
 
 class QueueCallbackDialer:
-    """Keeps the places of callers who chose a callback and calls them back in queue order."""
+    """Keeps the places of callers who chose a callback and calls them back in queue order.
+
+    ``clock`` must be the clock of the flow runner and the pool (queue places carry
+    ``waiting_since`` on it). ``wall_clock`` gives the UTC time stored with each place.
+    """
 
     def __init__(self, pool: AgentPool, originator: CallbackOriginator, record: RecordOutcome, *,
-                 settings: CallbackSettings | None = None) -> None:
+                 settings: CallbackSettings | None = None, places: KeptPlaceStore | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._pool = pool
         self._originator = originator
         self._record = record
         self._settings = settings or CallbackSettings()
+        self._places = places
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._tasks: set[asyncio.Task[CallbackResult]] = set()
+        # Call ids of the places being served, so a restore does not serve one twice.
+        self._serving: set[str] = set()
 
     def keep(self, session: CallSession) -> asyncio.Task[CallbackResult] | None:
         """Start keeping the session's queue place; returns the task, or None when it has no place or number."""
-        if session.queue_place is None or not session.callback_number:
+        place = session.queue_place
+        if place is None or not session.callback_number:
             return None
-        task = asyncio.create_task(self._serve(session), name=f"queue-callback-{session.call.call_id}")
+
+        now = self._wall_clock()
+        waited_s = max(0.0, self._clock() - place.waiting_since)
+        kept_place = KeptPlace(
+            call_id=session.call.call_id, ticket_id=session.ticket_id, number=session.callback_number,
+            skill=place.skill, priority=place.priority, needs=place.needs, preferred_agent=place.preferred_agent,
+            queued_at=now - timedelta(seconds=waited_s), expires_at=now + timedelta(seconds=self._settings.max_keep_s),
+        )
+        return self._start(kept_place, save=True)
+
+    def restore(self, places: Iterable[KeptPlace]) -> int:
+        """Serve places stored by an earlier run of the node, each from its original queue time.
+
+        Returns how many were restored. A place past its expiry is recorded as expired at once,
+        and one this dialer already serves is skipped.
+        """
+        restored = 0
+        for kept_place in places:
+            if kept_place.call_id in self._serving:
+                continue
+            log.info("queue callback place restored", call_id=kept_place.call_id, ticket_id=kept_place.ticket_id,
+                     skill=kept_place.skill, queued_at=kept_place.queued_at.isoformat())
+            self._start(kept_place, save=False)
+            restored += 1
+        return restored
+
+    def _start(self, kept_place: KeptPlace, *, save: bool) -> asyncio.Task[CallbackResult]:
+        task = asyncio.create_task(self._serve(kept_place, save=save), name=f"queue-callback-{kept_place.call_id}")
         self._tasks.add(task)
+        self._serving.add(kept_place.call_id)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._serving.discard(kept_place.call_id))
         return task
 
     @property
@@ -91,52 +165,81 @@ class QueueCallbackDialer:
         return len(self._tasks)
 
     async def stop(self) -> None:
-        """Cancel the kept places; their callback requests stay on the tickets for the agents."""
+        """Cancel the kept places; the stored ones are served again when the node starts next."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-            log.info("queue callbacks dropped at shutdown", count=len(tasks))
+            log.info("queue callbacks stopped at shutdown", count=len(tasks), stored=self._places is not None)
 
-    async def _serve(self, session: CallSession) -> CallbackResult:
-        place = session.queue_place
-        number = session.callback_number
-        assert place is not None and number is not None
-        call_id = session.call.call_id
+    async def _serve(self, kept_place: KeptPlace, *, save: bool) -> CallbackResult:
+        call_id = kept_place.call_id
+        if save:
+            await self._save(kept_place)
+
         # The kept place is a waiting call of its own, so the pool never confuses it with
         # the caller's finished call.
         waiting_id = f"{call_id}-callback"
-        log.info("queue callback waiting", call_id=call_id, skill=place.skill)
+        wall_now = self._wall_clock()
+        keep_s = (kept_place.expires_at - wall_now).total_seconds()
+        if keep_s <= 0:
+            await self._finish(kept_place, CallbackResult.EXPIRED, agent_id=None)
+            return CallbackResult.EXPIRED
+        waiting_since = self._clock() - max(0.0, (wall_now - kept_place.queued_at).total_seconds())
+        log.info("queue callback waiting", call_id=call_id, ticket_id=kept_place.ticket_id, skill=kept_place.skill)
 
         reservation = await self._pool.reserve(
-            waiting_id, place.skill, timeout_s=self._settings.max_keep_s, priority=place.priority,
-            needs=place.needs, preferred_agent=place.preferred_agent, waiting_since=place.waiting_since,
+            waiting_id, kept_place.skill, timeout_s=keep_s, priority=kept_place.priority,
+            needs=kept_place.needs, preferred_agent=kept_place.preferred_agent, waiting_since=waiting_since,
         )
         if reservation is None:
             self._pool.call_ended(waiting_id)
-            await self._finish(session, CallbackResult.EXPIRED, agent_id=None)
+            await self._finish(kept_place, CallbackResult.EXPIRED, agent_id=None)
             return CallbackResult.EXPIRED
 
+        # From here the citizen may be rung, so a controller restart must not ring them a
+        # second time: the stored place goes before the dial, and the ticket's callback
+        # request stays for the agents when the outcome cannot be recorded.
+        await self._forget(call_id)
         result = CallbackResult.FAILED
         try:
-            result = await self._originator.call_back(reservation.endpoint, number, call_id=call_id,
+            result = await self._originator.call_back(reservation.endpoint, kept_place.number, call_id=call_id,
                                                       ring_timeout_s=self._settings.ring_timeout_s)
         finally:
             await self._pool.release(reservation, reason="queue_callback", outcome=_release_outcome(result))
             self._pool.call_ended(waiting_id)
-        await self._finish(session, result, agent_id=reservation.agent_id)
+        await self._finish(kept_place, result, agent_id=reservation.agent_id)
         return result
 
-    async def _finish(self, session: CallSession, result: CallbackResult, *, agent_id: str | None) -> None:
-        log.info("queue callback finished", call_id=session.call.call_id, ticket_id=session.ticket_id,
+    async def _finish(self, kept_place: KeptPlace, result: CallbackResult, *, agent_id: str | None) -> None:
+        log.info("queue callback finished", call_id=kept_place.call_id, ticket_id=kept_place.ticket_id,
                  result=result.value, agent_id=agent_id)
-        await self._record(session, {
-            "call_id": session.call.call_id,
+        await self._record(kept_place, {
+            "call_id": kept_place.call_id,
             "result": result.value,
             "agent_id": agent_id,
-            "number_masked": mask_phone(session.callback_number),
+            "number_masked": mask_phone(kept_place.number),
         })
+        await self._forget(kept_place.call_id)
+
+    async def _save(self, kept_place: KeptPlace) -> None:
+        if self._places is None:
+            return
+        try:
+            await self._places.save_kept_place(kept_place)
+        except StorageError as exc:
+            # The place is still served by this run; only a restart would lose it.
+            log.error("queue callback place not stored", call_id=kept_place.call_id, ticket_id=kept_place.ticket_id,
+                      error=str(exc))
+
+    async def _forget(self, call_id: str) -> None:
+        if self._places is None:
+            return
+        try:
+            await self._places.forget_kept_place(call_id)
+        except StorageError as exc:
+            log.error("queue callback place not removed", call_id=call_id, error=str(exc))
 
 
 def _release_outcome(result: CallbackResult) -> ReleaseOutcome:

@@ -288,6 +288,10 @@ class FailoverCountyNode(CountyNode):
         # while the disk is full loses their callback tickets.
         self._pending_fallbacks: dict[str, FallbackCall] = {}
         self._fallback_retry: asyncio.Task[None] | None = None
+        # With two controllers, the one holding the publisher lock also serves the stored
+        # queue callback places, so a place is called back once.
+        if self._paired:
+            self._serves_stored_places = False
 
     async def start(self) -> None:
         await super().start()
@@ -318,9 +322,15 @@ class FailoverCountyNode(CountyNode):
             await publisher.start()
             return
         self._publisher_waiters.append(asyncio.create_task(
-            start_publisher_when_free(publisher, poll_interval_s=self._lock_poll_interval_s),
-            name=f"publisher-lock-{publisher.role}",
+            self._publish_when_free(publisher), name=f"publisher-lock-{publisher.role}",
         ))
+
+    async def _publish_when_free(self, publisher: OutboxPublisher) -> None:
+        await start_publisher_when_free(publisher, poll_interval_s=self._lock_poll_interval_s)
+        if publisher is self._publisher:
+            log.info("controller serves the stored queue callback places", node_id=self.config.node_id,
+                     role="standby" if self.standby else "primary")
+            await self._take_over_stored_places()
 
     def _fastagi_listen(self) -> FastAgiListen:
         assert self.config.telephony is not None

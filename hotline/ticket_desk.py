@@ -22,13 +22,16 @@ from pathlib import Path
 import structlog
 
 from hotline.privacy import mask_phone
+from hotline.queue_callbacks import KeptPlace
 from ivr.engine import CallSession
 from ivr.ports import CallerProfile, OpenTicket
 from profiles.keys import DecryptionFailed
 from profiles.model import ProfileSummary
 from profiles.phone import PhoneNumberError, normalise_phone
+from profiles.sealing import SealedValueError, is_sealed
 from storage.errors import StorageError, TicketNotFound
 from storage.profile_store import ProfileStore
+from storage.rows import KeptCallback
 from storage.ticket_store import TicketStore
 from tickets.call_record import CallInputs, CallOutcome, CallRecord, RecordedKey
 from tickets.envelope import EMERGENCY_CALLBACK_KEY, EMERGENCY_OVERFLOW_REASON
@@ -283,9 +286,56 @@ class TicketDesk:
         payload.update(self._callback_number_fields(session, number))
         await self._event_with_ticket(session, "callback_task", payload)
 
-    async def queue_callback_finished(self, session: CallSession, payload: dict[str, object]) -> None:
+    async def queue_callback_finished(self, kept_place: KeptPlace, payload: dict[str, object]) -> None:
         """Record how the callback of a caller who kept their queue place ended (``queue_callback``)."""
-        await self._event_with_ticket(session, "queue_callback", payload)
+        if kept_place.ticket_id is None:
+            log.error("queue callback outcome not written: call has no ticket", call_id=kept_place.call_id,
+                      result=payload.get("result"))
+            return
+        await self._append_to(kept_place.ticket_id, kept_place.call_id, "queue_callback", payload)
+
+    # --- Kept queue places (KeptPlaceStore) ----------------------------------------------------
+
+    async def save_kept_place(self, kept_place: KeptPlace) -> None:
+        """Store a kept queue place at this node, the number sealed as in a callback request."""
+        number = kept_place.number
+        if self._profiles is not None:
+            number = self._profiles.seal_number(number, call_id=kept_place.call_id, purpose=CALLBACK_PURPOSE)
+        await self._store.keep_callback(KeptCallback(
+            call_id=kept_place.call_id, ticket_id=kept_place.ticket_id, skill=kept_place.skill,
+            priority=kept_place.priority, needs=kept_place.needs, preferred_agent=kept_place.preferred_agent,
+            queued_at=kept_place.queued_at, expires_at=kept_place.expires_at, number_raw=number,
+        ))
+        log.info("queue callback place stored", call_id=kept_place.call_id, ticket_id=kept_place.ticket_id)
+
+    async def forget_kept_place(self, call_id: str) -> None:
+        await self._store.forget_callback(call_id)
+
+    async def kept_places(self) -> list[KeptPlace]:
+        """Return the places stored by an earlier run, oldest first.
+
+        A place whose number cannot be opened (key missing or replaced) is removed and
+        logged. Its ticket's callback request stays on the agents' callback list.
+        """
+        places = []
+        for row in await self._store.list_kept_callbacks():
+            number = row.number_raw
+            try:
+                if is_sealed(number):
+                    if self._profiles is None:
+                        raise DecryptionFailed("the node has no profile store to open the number")
+                    number = self._profiles.unseal_number(number, call_id=row.call_id, purpose=CALLBACK_PURPOSE)
+            except (DecryptionFailed, SealedValueError) as exc:
+                log.error("queue callback place dropped: number cannot be opened", call_id=row.call_id,
+                          ticket_id=row.ticket_id, error=str(exc))
+                await self._store.forget_callback(row.call_id)
+                continue
+            places.append(KeptPlace(
+                call_id=row.call_id, ticket_id=row.ticket_id, number=number, skill=row.skill,
+                priority=row.priority, needs=row.needs, preferred_agent=row.preferred_agent,
+                queued_at=row.queued_at, expires_at=row.expires_at,
+            ))
+        return places
 
     async def survey_answered(self, session: CallSession) -> None:
         await self._event_with_ticket(session, "satisfaction", {
@@ -401,14 +451,15 @@ class TicketDesk:
 
     async def _append(self, session: CallSession, kind: str, payload: dict[str, object]) -> None:
         assert session.ticket_id is not None
+        await self._append_to(session.ticket_id, session.call.call_id, kind, payload)
+
+    async def _append_to(self, ticket_id: str, call_id: str, kind: str, payload: dict[str, object]) -> None:
         try:
-            event = await self._store.append_event(session.ticket_id, kind, IVR_ACTOR, payload)
+            event = await self._store.append_event(ticket_id, kind, IVR_ACTOR, payload)
         except StorageError as exc:
-            log.error("ticket event not written", call_id=session.call.call_id, ticket_id=session.ticket_id,
-                      kind=kind, error=str(exc))
+            log.error("ticket event not written", call_id=call_id, ticket_id=ticket_id, kind=kind, error=str(exc))
             return
-        log.info("ticket event written", call_id=session.call.call_id, ticket_id=session.ticket_id,
-                 kind=kind, seq=event.seq)
+        log.info("ticket event written", call_id=call_id, ticket_id=ticket_id, kind=kind, seq=event.seq)
         self._on_written()
 
 

@@ -57,6 +57,56 @@ class TicketLink:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class KeptCallback:
+    """A queue place kept for a caller who chose a callback, as stored at the county node.
+
+    ``number_raw`` is the number to call, sealed when the node has a profile store.
+    """
+
+    call_id: str
+    ticket_id: str | None
+    skill: str
+    priority: int
+    needs: frozenset[str]
+    preferred_agent: str | None
+    queued_at: datetime
+    expires_at: datetime
+    number_raw: str
+
+
+def row_from_kept_callback(kept_place: KeptCallback, recorded_at: datetime) -> dict[str, Any]:
+    return {
+        "call_id": kept_place.call_id,
+        "ticket_id": kept_place.ticket_id,
+        "skill": kept_place.skill,
+        "priority": kept_place.priority,
+        "needs": canonical_json(sorted(kept_place.needs)),
+        "preferred_agent": kept_place.preferred_agent,
+        "queued_at": text_from_time(kept_place.queued_at),
+        "expires_at": text_from_time(kept_place.expires_at),
+        "number_raw": kept_place.number_raw,
+        "recorded_at": text_from_time(recorded_at),
+    }
+
+
+def kept_callback_from_row(row: sqlite3.Row) -> KeptCallback:
+    queued_at = time_from_text(row["queued_at"])
+    expires_at = time_from_text(row["expires_at"])
+    assert queued_at is not None and expires_at is not None
+    return KeptCallback(
+        call_id=row["call_id"],
+        ticket_id=row["ticket_id"],
+        skill=row["skill"],
+        priority=row["priority"],
+        needs=frozenset(json.loads(row["needs"])),
+        preferred_agent=row["preferred_agent"],
+        queued_at=queued_at,
+        expires_at=expires_at,
+        number_raw=row["number_raw"],
+    )
+
+
 def text_from_time(moment: datetime | None) -> str | None:
     """Format a timestamp as fixed-width ISO UTC text, which sorts in time order."""
     if moment is None:

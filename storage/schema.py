@@ -131,6 +131,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE calls ADD COLUMN inputs TEXT",
     ),
+    # Version 4: queue places kept for callers who chose a callback, so a restarted
+    # controller calls them back in their original queue order. Rows stay at this node:
+    # they are not ticket events and never go upward. ``number_raw`` is stored like
+    # calls.caller_raw (sealed when the node has a profile store).
+    (
+        """
+        CREATE TABLE kept_callbacks (
+            call_id         TEXT PRIMARY KEY,
+            ticket_id       TEXT,
+            skill           TEXT NOT NULL,
+            priority        INTEGER NOT NULL,
+            needs           TEXT NOT NULL,
+            preferred_agent TEXT,
+            queued_at       TEXT NOT NULL,
+            expires_at      TEXT NOT NULL,
+            number_raw      TEXT NOT NULL,
+            recorded_at     TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 LATEST_VERSION = len(MIGRATIONS)

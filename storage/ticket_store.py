@@ -61,16 +61,19 @@ from storage.errors import (
 )
 from storage.rows import (
     Attachment,
+    KeptCallback,
     OutboxRow,
     TicketLink,
     attachment_from_row,
     call_from_row,
     event_digest,
     event_from_row,
+    kept_callback_from_row,
     link_from_row,
     outbox_from_row,
     row_from_call,
     row_from_event,
+    row_from_kept_callback,
     row_from_ticket,
     text_from_time,
     ticket_from_row,
@@ -423,6 +426,25 @@ class TicketStore:
             (since_text, limit),
         )
         return [call_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ kept callback places
+
+    async def keep_callback(self, kept_place: KeptCallback) -> None:
+        """Store (or replace) the kept queue place of call ``kept_place.call_id``."""
+        row = row_from_kept_callback(kept_place, self._clock())
+        async with self._write_transaction("keep callback place", call_id=kept_place.call_id) as db:
+            await db.execute("INSERT OR REPLACE" + _insert_sql("kept_callbacks", row).removeprefix("INSERT"), row)
+
+    async def forget_callback(self, call_id: str) -> None:
+        """Delete the kept queue place of ``call_id``; a place already gone is not an error."""
+        async with self._write_transaction("forget callback place", call_id=call_id) as db:
+            await db.execute("DELETE FROM kept_callbacks WHERE call_id = ?", (call_id,))
+
+    async def list_kept_callbacks(self) -> list[KeptCallback]:
+        """Return every kept queue place, oldest queue entry first, expired ones included."""
+        rows = await self._fetch_all("list kept callback places",
+                                     "SELECT * FROM kept_callbacks ORDER BY queued_at, call_id")
+        return [kept_callback_from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ tickets (owning node)
 

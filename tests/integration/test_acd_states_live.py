@@ -15,6 +15,9 @@ places SIPp calls and reads what the county stored: the agent events (table
   key and is hung up on. When the first agent is free again, the kept place is served
   before a caller who queued later: the agent is rung through AMI Originate, then the
   citizen through the trunk ``carrier`` (a SIPp UAS).
+- Callback place after a controller crash: one agent is busy, a caller chooses the
+  callback, and the controller is killed with SIGKILL and started again. The place, stored
+  at the node, is restored, and the caller is called back when the agent is free.
 - Asterisk restart: with one agent on a call and one paused, Asterisk is killed with
   SIGKILL and started again. After the AMI reconnect the pool re-reads the device states
   (every phone unavailable until it registers again). The dropped call's agent is free
@@ -412,6 +415,65 @@ def test_callback_keeps_place(tmp_path):
     assert outcome.payload["result"] == "connected"
     assert outcome.payload["agent_id"] == callback_agent
     assert outcome.payload["number_masked"] == mask_phone(KEEPER)
+
+
+RESTART_BUSY_CALLER = "13900000097"
+RESTART_KEEPER = "13900000098"
+# The busy call outlasts the keeper's flow (entry prompt, 3 s, key, confirmation) and the
+# controller's restart, so the kept place is still waiting when the controller is back.
+RESTART_BUSY_TALK_MS = 40_000
+
+
+async def _read_kept(database: Path) -> list[str]:
+    async with await TicketStore.open(database, COUNTY["node_id"], COUNTY["region_code"]) as store:
+        return [kept.call_id for kept in await store.list_kept_callbacks()]
+
+
+def test_callback_place_survives_controller_kill(tmp_path):
+    """The keeper's place, stored at the node, is called back by the controller started after a kill -9."""
+    phones = [Phone("agent1", ("general",), talk_ms=RESTART_BUSY_TALK_MS), Phone("carrier", talk_ms=CARRIER_TALK_MS)]
+
+    with county_stack(tmp_path, _flow(callback=True), phones, extra_config="  callback_trunk: carrier\n") as stack:
+        busy = _caller(stack, tmp_path, "busy", RESTART_BUSY_CALLER)
+        keeper = _caller(stack, tmp_path, "keeper", RESTART_KEEPER,
+                         steps=(Pause(int((ENTRY_S + 3.0) * 1000)), Dtmf("2")))
+        try:
+            busy.start()
+            assert stack.phones["agent1"].wait_answered(1, 40), stack.county.log_tail(30)
+            keeper.start()
+            keeper_result = keeper.wait(60)[0]
+            kept_before = asyncio.run(_read_kept(stack.database))
+
+            # The crash: the controller dies with the place kept only in the database.
+            stack.county.kill()
+            stack.county.start()
+
+            carrier = stack.phones["carrier"]
+            assert carrier.wait_answered(1, RESTART_BUSY_TALK_MS / 1000 + 40), (carrier.diagnosis(),
+                                                                               stack.county.log_tail(40))
+            # The outcome is written once the citizen's leg has hung up.
+            net.wait_until(lambda: not asyncio.run(_read_kept(stack.database)), timeout_s=30, interval_s=0.5)
+            time.sleep(CARRIER_TALK_MS / 1000 + 2.0)
+            log_text = stack.county.log_path.read_text(encoding="utf-8")
+        finally:
+            busy.close()
+            keeper.close()
+
+    calls, tickets = asyncio.run(_read_calls(stack.database))
+    keeper_call = calls[mask_phone(RESTART_KEEPER)]
+
+    # Before the kill the place was stored under the keeper's call id.
+    assert keeper_result.ended_by is EndedBy.REMOTE
+    assert keeper_call.outcome.value == "no_agent"
+    assert kept_before == [keeper_call.call_id]
+
+    # The new controller restored the place and called the keeper back; the row is gone.
+    assert '"event": "queue callback place restored"' in log_text
+    assert asyncio.run(_read_kept(stack.database)) == []
+    outcome = next(event for event in tickets[mask_phone(RESTART_KEEPER)] if event.kind == "queue_callback")
+    assert outcome.payload["result"] == "connected"
+    assert outcome.payload["agent_id"] == "agent1"
+    assert outcome.payload["call_id"] == keeper_call.call_id
 
 
 # --- Asterisk restart ---------------------------------------------------------------------

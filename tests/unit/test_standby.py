@@ -280,3 +280,32 @@ class TestFailoverCountyNode:
     def test_standby_without_listener_rejected(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="standby_fastagi"):
             FailoverCountyNode(county_config(tmp_path, standby_port=None), standby=True, min_free_bytes=0)
+
+
+class TestStoredPlacesOwner:
+    """With two controllers, only the one holding the publisher lock serves stored callback places."""
+
+    async def test_paired_node_serves_after_lock(self, store: TicketStore, tmp_path: Path) -> None:
+        node = FailoverCountyNode(county_config(tmp_path, standby_port=4574), min_free_bytes=0)
+        taken: list[bool] = []
+
+        async def take_over() -> None:
+            taken.append(True)
+
+        node._take_over_stored_places = take_over  # type: ignore[method-assign]
+        node._publisher = OutboxPublisher(store, net.LOOPBACK, net.free_port(), COUNTY, "city-330100")
+        direct = OutboxPublisher(store, net.LOOPBACK, net.free_port(), COUNTY, "province-330000", direct=True)
+        assert not node._serves_stored_places
+
+        await asyncio.wait_for(node._publish_when_free(direct), timeout=2)
+        assert taken == []
+        await asyncio.wait_for(node._publish_when_free(node._publisher), timeout=2)
+        assert taken == [True]
+
+        await direct.stop()
+        await node._publisher.stop()
+
+    def test_single_controller_serves_at_start(self, tmp_path: Path) -> None:
+        node = FailoverCountyNode(county_config(tmp_path, standby_port=None), min_free_bytes=0)
+
+        assert node._serves_stored_places

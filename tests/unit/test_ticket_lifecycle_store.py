@@ -353,7 +353,7 @@ class TestMigration:
             assert (await store.get_attachment(sha256)).size == 5
 
         connection = sqlite3.connect(path)
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 4
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"ticket_links", "attachments"} <= tables
         connection.close()
