@@ -33,6 +33,7 @@ from tests.log_scan import Hit, log_files, scan_files, scan_text
 _HITS = pytest.StashKey[list[Hit]]()
 _SCAN_ROOTS = pytest.StashKey[set[Path]]()
 _INTEGRATION_RAN = pytest.StashKey[bool]()
+_FOLDERS_BEFORE = pytest.StashKey[set[Path]]()
 
 # pytest_runtest_logreport receives no config, so pytest_configure parks it here.
 _CONFIG: list[pytest.Config] = []
@@ -66,11 +67,27 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     # pytest offers no public way to reach the session's TempPathFactory from a hook.
     base = item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     before = _folders(base)
+    item.stash[_FOLDERS_BEFORE] = before
     item.config.stash[_INTEGRATION_RAN] = True
     try:
         return (yield)
     finally:
         item.config.stash[_SCAN_ROOTS].update(_folders(base) - before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Remember the test's folders before teardown too.
+
+    The last test of a session (or of an xdist worker) tears down the session fixtures,
+    and so runs the scan, inside its own teardown: folders remembered only after the
+    protocol would never be scanned.
+    """
+    before = item.stash.get(_FOLDERS_BEFORE, None)
+    if before is not None:
+        base = item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+        item.config.stash[_SCAN_ROOTS].update(_folders(base) - before)
+    return (yield)
 
 
 def _folders(base: Path) -> set[Path]:

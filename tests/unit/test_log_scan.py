@@ -85,6 +85,28 @@ def test_session_fails_on_leaked_number(pytester: pytest.Pytester, monkeypatch: 
     assert "0042" not in result.stdout.str()
 
 
+def test_leak_in_last_test_found(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """The session's last test tears down the scanning fixture; its own folders are still scanned."""
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text(encoding="utf-8"))
+    pytester.makeini("[pytest]\nmarkers =\n    integration: real processes\n")
+    pytester.makepyfile(test_leak_last="""
+        import pytest
+
+        def test_unit_first(tmp_path):
+            (tmp_path / "unit.log").write_text("ok\\n", encoding="utf-8")
+
+        @pytest.mark.integration
+        def test_writes_log_last(tmp_path):
+            (tmp_path / "county.log").write_text("caller 13900000043 answered\\n", encoding="utf-8")
+    """)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*county.log:1: mobile 139****0043*"])
+
+
 def test_clean_integration_session_passes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     pytester.makeconftest((REPO / "tests" / "conftest.py").read_text(encoding="utf-8"))
     pytester.makeini("[pytest]\nmarkers =\n    integration: real processes\n")
