@@ -221,6 +221,9 @@ class _AgentStatus:
     idle_since: float = 0.0
     state: AgentState = AgentState.AVAILABLE
     order: int = 0
+    # Position of the agent id among the roster's sorted ids. Heap keys negate it, so the
+    # smaller id wins between equal scores and idle times without a string comparison.
+    id_rank: int = 0
     # Sort key in the per-skill free-agent lists while the agent is free, else None.
     free_key: tuple[float, str] | None = None
     # Proficiency per skill (``AgentProfile.level``) and the free-agent lists the agent
@@ -284,18 +287,6 @@ class _FreeAgents:
 
 # The free-agent list of a skill or tag no roster agent has. Nothing is ever added to it.
 _NO_FREE_AGENTS = _FreeAgents()
-
-
-class _Descending(str):
-    """A string that sorts in reverse, for max-heaps keyed on agent ids."""
-
-    __slots__ = ()
-
-    def __lt__(self, other: str) -> bool:
-        return str.__gt__(self, other)
-
-    def __gt__(self, other: str) -> bool:
-        return str.__lt__(self, other)
 
 
 @dataclass(slots=True, eq=False)
@@ -419,6 +410,8 @@ class AgentPool:
         self._ttl_heap: list[tuple[float, int]] = []
         self._arrival_heap: list[tuple[float, str]] = []
         self._statuses = list(self._agents.values())
+        for rank, agent_id in enumerate(sorted(self._agents)):
+            self._agents[agent_id].id_rank = rank
         self._sequence = itertools.count()
         self._events: deque[AgentEvent] = deque(maxlen=self._settings.event_ring_size)
         self._arrivals: dict[str, _Arrival] = {}
@@ -1005,8 +998,8 @@ class AgentPool:
         candidates: list[tuple[_AgentStatus, float, tuple[str, ...]]] = []
         excluded: list[tuple[int, Exclusion]] = []
         listed: set[str] = set()
-        # Max-heap (negated keys) of the ``size`` best candidate keys (-score, idle since, id) so far.
-        best: list[tuple[float, float, str]] = []
+        # Min-heap of the ``size`` best candidate keys (score, -idle since, -id rank) so far, worst first.
+        best: list[tuple[float, float, int]] = []
         held = self._held(waiter, now)
         tier_bonus = max(s.same_tier_bonus, 0.0) if waiter.tier is not None else 0.0
         # Each pass scans a list in (-proficiency, idle since) order with the largest bonus any
@@ -1026,7 +1019,7 @@ class AgentPool:
                 return
             score, reasons = self._agent_score(status, waiter)
             candidates.append((status, score, reasons))
-            key = (score, -status.idle_since, _Descending(status.profile.agent_id))
+            key = (score, -status.idle_since, -status.id_rank)
             if len(best) < size:
                 heapq.heappush(best, key)
             elif key > best[0]:
@@ -1045,7 +1038,7 @@ class AgentPool:
                 for agent_id, status in agents.items():
                     if held and len(excluded) >= size:
                         break
-                    if len(best) >= size and (bound, -status.idle_since, _Descending(agent_id)) < best[0]:
+                    if len(best) >= size and (bound, -status.idle_since, -status.id_rank) < best[0]:
                         break
                     if agent_id not in listed:
                         consider(status)

@@ -19,16 +19,36 @@ machine it leaves out the time the process waited for a core, which wall time in
 - new call: a call in a quiet skill arrives while 20 % of the quiet-skill agents are free
   and takes the best of them (``AgentPool.reserve``); the agent is released at once.
 
+All pools are built first. The decisions then run in rounds: each round runs, per
+direction, one batch of ``--batch`` timed decisions per size, after ``--warm-up``
+decisions that are checked but not timed. The order of the sizes rotates and the order
+of the directions flips from round to round. A slow period on a shared machine thus falls
+on every size alike, and the growth between two sizes compares batches that ran in the
+same minutes. The first decision of a batch, which follows another pool's batch and so
+starts with cold caches, is printed apart as "first".
+
 The baseline, timed in the same run on the same data, is a naive linear scan: every
 waiting call (agent free) or every agent (new call) checked with the same rules. It
 builds no decision record, while the pool's time includes one. Every decision of the
-pool, in both directions, is checked against the scan's choice.
-Results print p50, p99 and max per size, the growth per tenfold agents and the ratio to
-the baseline, with the machine, versions and date.
+pool, in both directions, is checked against the scan's choice. The scan keeps its own
+copy of the state and replays a batch's decisions in order after the batch. A scan
+between two timed decisions would push the pool's data out of the caches, the more so
+the larger the roster. ``--check-each`` runs the scan after every decision instead.
+
+Results print p50, p99 and max per size and direction, the ratio to the baseline, and the
+growth of p50 and p99 per step in roster size. Each growth comes with a 95 % interval
+from a percentile bootstrap over the rounds (``--bootstrap`` resamples, each drawing the
+same rounds for both sizes) and the range of the per-round ratios of batch medians.
 
 By default the set-up ends with ``gc.collect(); gc.freeze()``, as a county node does once
 it has built its pool (``hotline/nodes.py``), so full garbage collections do not walk the
-roster and the queue. ``--no-freeze`` measures without it.
+rosters and the queues. ``--no-freeze`` measures without it.
+
+Options: ``--sizes`` (comma-separated roster sizes), ``--waiting`` (waiting calls per
+pool), ``--decisions`` (timed decisions per size and direction, default 2,000),
+``--batch`` (timed decisions per size and direction in one round, default 50),
+``--warm-up`` (untimed decisions at the start of each batch, default 5), ``--bootstrap``
+(resamples, default 1,000), ``--seed``, ``--no-freeze`` and ``--check-each``.
 """
 
 from __future__ import annotations
@@ -36,9 +56,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import math
 import platform
 import random
+import statistics
 import sys
 import time
 from collections.abc import Coroutine
@@ -181,19 +203,30 @@ def naive_best_agent(agents: list[AgentProfile], free: list[bool], idle: list[fl
 
 # --- measurement ---------------------------------------------------------------------------
 
+DIRECTIONS = ("agent_free", "new_call")
+
+
+def quantile(ordered: list[int], q: float) -> float:
+    """Return the q-quantile (nearest rank) of sorted nanosecond samples, in milliseconds."""
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] / 1e6
+
 
 @dataclass(frozen=True)
 class Timings:
-    label: str
-    samples_ns: list[int]
+    """Nanosecond samples of one size and direction, one list per round."""
+
+    rounds: list[list[int]]
+
+    @property
+    def samples_ns(self) -> list[int]:
+        return sorted(sample for batch in self.rounds for sample in batch)
 
     def quantile(self, q: float) -> float:
-        ordered = sorted(self.samples_ns)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] / 1e6
+        return quantile(self.samples_ns, q)
 
     @property
     def max_ms(self) -> float:
-        return max(self.samples_ns) / 1e6
+        return max(max(batch) for batch in self.rounds) / 1e6
 
 
 def _run_to_end(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
@@ -206,55 +239,123 @@ def _run_to_end(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze: bool = True) -> dict[str, Timings]:
-    rng = random.Random(seed)
-    clock_now = [1000.0]
-    recorder = _Recorder()
-    roster = make_roster(size, rng)
-    pool = AgentPool(roster, clock=lambda: clock_now[0], settings=SETTINGS, recorder=recorder, start_paused=True)
-    for agent in roster:
-        await pool.device_state_changed(agent.endpoint, DeviceState.NOT_IN_USE)
+@dataclass(frozen=True)
+class _AgentFreeDecision:
+    """One timed agent-free decision, kept until the naive scan has checked it."""
 
-    busy_agents = [a for a in roster if a.skills & set(BUSY)]
-    quiet_agents = [a for a in roster if not a.skills & set(BUSY)]
-    quiet_free = rng.sample(quiet_agents, max(1, len(quiet_agents) // 5))
-    for agent in quiet_free:
-        await pool.set_paused(agent.agent_id, False)
+    agent: AgentProfile
+    now: float
+    chosen_call_id: str | None
+    # The waiting call added after the decision, so the queue stays at its size.
+    replacement: dict[str, Any] | None
 
-    sequence = 0
-    calls: list[dict[str, Any]] = []
-    tasks: set[asyncio.Task[Reservation | None]] = set()
 
-    def add_waiting_call() -> None:
-        nonlocal sequence
-        call = make_call(rng, BUSY) | {"arrived": clock_now[0], "sequence": sequence, "call_id": f"w{sequence}"}
-        sequence += 1
-        calls.append(call)
-        task = asyncio.create_task(pool.reserve(
+@dataclass(frozen=True)
+class _NewCallDecision:
+    """One timed new-call decision, kept until the naive scan has checked it."""
+
+    call: dict[str, Any]
+    now: float
+    chosen_agent_id: str | None
+
+
+class SizeBench:
+    """One pool with its roster and waiting calls, and the naive scan's copy of the same state.
+
+    The scan's copy (``calls``, ``free_flags``, ``idle``) trails the pool. Each decision is
+    kept in ``pending`` until ``check()`` replays them in order, so every decision is
+    checked against the scan without the scan running between two timed decisions.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.rng = random.Random(seed)
+        self.clock_now = [1000.0]
+        self.recorder = _Recorder()
+        self.roster = make_roster(size, self.rng)
+        self.pool = AgentPool(self.roster, clock=lambda: self.clock_now[0], settings=SETTINGS,
+                              recorder=self.recorder, start_paused=True)
+        self.busy_agents = [a for a in self.roster if a.skills & set(BUSY)]
+        quiet_agents = [a for a in self.roster if not a.skills & set(BUSY)]
+        self.quiet_free = self.rng.sample(quiet_agents, max(1, len(quiet_agents) // 5))
+        self.sequence = 0
+        self.calls: list[dict[str, Any]] = []
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.tasks: set[asyncio.Task[Reservation | None]] = set()
+        self.index_of = {a.agent_id: i for i, a in enumerate(self.roster)}
+        self.free_flags = [False] * size
+        self.idle = [0.0] * size
+        for agent in self.quiet_free:
+            self.free_flags[self.index_of[agent.agent_id]] = True
+        self.new_calls = 0
+        self.pending: list[_AgentFreeDecision | _NewCallDecision] = []
+        self.wall = {direction: Timings([]) for direction in DIRECTIONS}
+        self.cpu = {direction: Timings([]) for direction in DIRECTIONS}
+        self.naive: dict[str, list[int]] = {direction: [] for direction in DIRECTIONS}
+        self.first: dict[str, list[int]] = {direction: [] for direction in DIRECTIONS}
+
+    async def set_up(self, waiting: int) -> None:
+        """Bring every agent's phone up, free 20 % of the quiet-skill agents and queue the waiting calls."""
+        for agent in self.roster:
+            await self.pool.device_state_changed(agent.endpoint, DeviceState.NOT_IN_USE)
+        for agent in self.quiet_free:
+            await self.pool.set_paused(agent.agent_id, False)
+
+        for _ in range(waiting):
+            self.clock_now[0] += 0.01
+            call = self._add_waiting_call()
+            self.calls.append(call)
+            self.by_id[call["call_id"]] = call
+        await asyncio.sleep(0)
+
+    def _add_waiting_call(self) -> dict[str, Any]:
+        """Queue a busy-skill call in the pool and return the scan's record of it."""
+        call = make_call(self.rng, BUSY) | {
+            "arrived": self.clock_now[0], "sequence": self.sequence, "call_id": f"w{self.sequence}"}
+        self.sequence += 1
+        task = asyncio.create_task(self.pool.reserve(
             call["call_id"], call["skill"], timeout_s=1e9, priority=call["priority"], needs=call["needs"],
             tier=call["tier"], waiting_since=call["arrived"]))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return call
 
-    for _ in range(waiting):
-        clock_now[0] += 0.01
-        add_waiting_call()
-    await asyncio.sleep(0)
+    async def run_batch(self, direction: str, count: int, warm_up: int, check_each: bool) -> None:
+        """Run ``warm_up`` decisions in one direction, then time ``count`` more as this round's batch.
 
-    by_id = {c["call_id"]: c for c in calls}
-    # The roster and queue, which live for the whole run, leave the collector's generations,
-    # so full collections do not walk them between decisions (a county node does the same).
-    if freeze:
-        gc.collect()
-        gc.freeze()
-    agent_free, naive_free, agent_free_cpu = [], [], []
-    for _ in range(decisions):
-        clock_now[0] += 0.01
-        agent = rng.choice(busy_agents)
+        Every decision is checked against the naive scan. The first decision's time is kept
+        apart in ``first``, because it runs after another pool's batch has taken the caches.
+        """
+        step = self._agent_free if direction == "agent_free" else self._new_call
+        wall: list[int] = []
+        cpu: list[int] = []
+        done = 0
+        while done < warm_up + count:
+            timed = await step()
+            if check_each:
+                self.check()
+            if timed is None:
+                continue
 
-        started = time.perf_counter_ns()
-        expected = naive_best_call(agent, calls, clock_now[0])
-        naive_free.append(time.perf_counter_ns() - started)
+            if done == 0:
+                self.first[direction].append(timed[0])
+            if done >= warm_up:
+                wall.append(timed[0])
+                cpu.append(timed[1])
+            done += 1
+        self.wall[direction].rounds.append(wall)
+        self.cpu[direction].rounds.append(cpu)
+        self.check()
+
+    async def _agent_free(self) -> tuple[int, int] | None:
+        """Time one agent-free decision: a paused busy-skill agent becomes ready and takes the best waiting call.
+
+        Returns (wall ns, CPU ns), or None when no waiting call fits the agent (a rare skill
+        mix). Such an agent is paused again, and the scan must agree that nothing fits.
+        """
+        pool, recorder = self.pool, self.recorder
+        self.clock_now[0] += 0.01
+        agent = self.rng.choice(self.busy_agents)
 
         before = recorder.decisions
         cpu_started = time.thread_time_ns()
@@ -264,100 +365,210 @@ async def bench_size(size: int, waiting: int, decisions: int, seed: int, freeze:
         cpu_elapsed = time.thread_time_ns() - cpu_started
         decision = recorder.last if recorder.decisions > before else None
         if decision is None:
-            # No waiting call fits this agent (a rare skill mix); put it back and draw again.
             await pool.set_paused(agent.agent_id, True, reason="break")
-            continue
-        agent_free.append(elapsed)
-        agent_free_cpu.append(cpu_elapsed)
-        if expected is None or decision.call_id != expected["call_id"]:
-            raise SystemExit(f"pool and naive scan disagree for {agent.agent_id}: "
-                             f"{decision.call_id} vs {expected and expected['call_id']}")
+            self.pending.append(_AgentFreeDecision(agent, self.clock_now[0], None, None))
+            return None
 
-        calls.remove(by_id.pop(decision.call_id))
         await asyncio.sleep(0)
         reservation = Reservation(agent.agent_id, agent.endpoint, decision.call_id, decision.skill)
         await pool.release(reservation, reason="bench", outcome=ReleaseOutcome.NO_ANSWER)
-        add_waiting_call()
-        by_id[calls[-1]["call_id"]] = calls[-1]
+        replacement = self._add_waiting_call()
+        self.pending.append(_AgentFreeDecision(agent, self.clock_now[0], decision.call_id, replacement))
         await asyncio.sleep(0)
+        return elapsed, cpu_elapsed
 
-    free_flags = [False] * len(roster)
-    idle = [0.0] * len(roster)
-    index_of = {a.agent_id: i for i, a in enumerate(roster)}
-    for agent in quiet_free:
-        free_flags[index_of[agent.agent_id]] = True
-    new_call, naive_new, new_call_cpu = [], [], []
-    for number in range(decisions):
-        clock_now[0] += 0.01
-        call = make_call(rng, QUIET) | {"arrived": clock_now[0], "sequence": sequence}
-        sequence += 1
-
-        started = time.perf_counter_ns()
-        expected_agent = naive_best_agent(roster, free_flags, idle, call)
-        naive_new.append(time.perf_counter_ns() - started)
+    async def _new_call(self) -> tuple[int, int]:
+        """Time one new-call decision: a quiet-skill call takes the best free agent, who is released at once."""
+        self.clock_now[0] += 0.01
+        call = make_call(self.rng, QUIET) | {"arrived": self.clock_now[0], "sequence": self.sequence,
+                                            "call_id": f"n{self.new_calls}"}
+        self.sequence += 1
+        self.new_calls += 1
 
         cpu_started = time.thread_time_ns()
         started = time.perf_counter_ns()
-        finished, reservation = _run_to_end(pool.reserve(
-            f"n{number}", call["skill"], timeout_s=1e9, priority=call["priority"], needs=call["needs"],
+        finished, reservation = _run_to_end(self.pool.reserve(
+            call["call_id"], call["skill"], timeout_s=1e9, priority=call["priority"], needs=call["needs"],
             tier=call["tier"]))
-        new_call.append(time.perf_counter_ns() - started)
-        new_call_cpu.append(time.thread_time_ns() - cpu_started)
-        chosen = reservation.agent_id if finished and reservation is not None else None
-        if chosen != (expected_agent.agent_id if expected_agent is not None else None):
-            raise SystemExit(f"pool and naive scan disagree for call n{number}: "
-                             f"{chosen} vs {expected_agent and expected_agent.agent_id}")
-        if finished and reservation is not None:
-            await pool.release(reservation, reason="bench", outcome=ReleaseOutcome.ABANDONED)
-            idle[index_of[reservation.agent_id]] = clock_now[0]
+        elapsed = time.perf_counter_ns() - started
+        cpu_elapsed = time.thread_time_ns() - cpu_started
 
-    gc.unfreeze()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return {
-        "agent_free": Timings("坐席空闲→选来电", agent_free), "agent_free_naive": Timings("naive", naive_free),
-        "new_call": Timings("新来电→选坐席", new_call), "new_call_naive": Timings("naive", naive_new),
-        "agent_free_cpu": Timings("cpu", agent_free_cpu), "new_call_cpu": Timings("cpu", new_call_cpu),
-    }
+        chosen = reservation.agent_id if finished and reservation is not None else None
+        if finished and reservation is not None:
+            await self.pool.release(reservation, reason="bench", outcome=ReleaseOutcome.ABANDONED)
+        self.pending.append(_NewCallDecision(call, self.clock_now[0], chosen))
+        return elapsed, cpu_elapsed
+
+    def check(self) -> None:
+        """Replay the pending decisions in order against the naive scan and exit on the first disagreement."""
+        for pending in self.pending:
+            if isinstance(pending, _AgentFreeDecision):
+                started = time.perf_counter_ns()
+                expected = naive_best_call(pending.agent, self.calls, pending.now)
+                self.naive["agent_free"].append(time.perf_counter_ns() - started)
+                expected_id = expected["call_id"] if expected is not None else None
+                if pending.chosen_call_id != expected_id:
+                    raise SystemExit(f"pool and naive scan disagree at {self.size} agents for "
+                                     f"{pending.agent.agent_id}: {pending.chosen_call_id} vs {expected_id}")
+                if pending.chosen_call_id is not None and pending.replacement is not None:
+                    self.calls.remove(self.by_id.pop(pending.chosen_call_id))
+                    self.calls.append(pending.replacement)
+                    self.by_id[pending.replacement["call_id"]] = pending.replacement
+            else:
+                started = time.perf_counter_ns()
+                expected_agent = naive_best_agent(self.roster, self.free_flags, self.idle, pending.call)
+                self.naive["new_call"].append(time.perf_counter_ns() - started)
+                expected_id = expected_agent.agent_id if expected_agent is not None else None
+                if pending.chosen_agent_id != expected_id:
+                    raise SystemExit(f"pool and naive scan disagree at {self.size} agents for call "
+                                     f"{pending.call['call_id']}: {pending.chosen_agent_id} vs {expected_id}")
+                if pending.chosen_agent_id is not None:
+                    self.idle[self.index_of[pending.chosen_agent_id]] = pending.now
+        self.pending.clear()
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def run_interleaved(sizes: list[int], waiting: int, decisions: int, batch: int, warm_up: int, seed: int,
+                          freeze: bool, check_each: bool) -> tuple[list[SizeBench], float]:
+    """Build every pool, then time the decisions in rounds. Returns the pools and the set-up seconds.
+
+    Each round runs one batch per size and direction. The order of the sizes rotates and
+    the order of the directions flips from round to round, so a slow period on the shared
+    machine falls on every size alike instead of on one size's whole run.
+    """
+    built = time.perf_counter()
+    benches = []
+    for size in sizes:
+        bench = SizeBench(size, seed)
+        await bench.set_up(waiting)
+        benches.append(bench)
+    set_up_s = time.perf_counter() - built
+
+    # The rosters and queues, which live for the whole run, leave the collector's generations,
+    # so full collections do not walk them between decisions (a county node does the same).
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    try:
+        for number in range(math.ceil(decisions / batch)):
+            count = min(batch, decisions - number * batch)
+            shift = number % len(benches)
+            order = benches[shift:] + benches[:shift]
+            directions = DIRECTIONS if number % 2 == 0 else DIRECTIONS[::-1]
+            for direction in directions:
+                for bench in order:
+                    await bench.run_batch(direction, count, warm_up, check_each)
+    finally:
+        gc.unfreeze()
+        for bench in benches:
+            await bench.close()
+    return benches, set_up_s
+
+
+# --- growth and its confidence interval ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Growth:
+    """Ratio of a quantile at the larger size to the smaller, with a 95 % bootstrap interval."""
+
+    ratio: float
+    low: float
+    high: float
+
+
+def paired_growth(smaller: Timings, larger: Timings, q: float, resamples: int, rng: random.Random) -> Growth:
+    """Return the q-quantile growth and a percentile bootstrap interval over rounds.
+
+    Each resample draws rounds with replacement and takes the same rounds from both sizes,
+    because the two batches of one round ran in the same minutes.
+    """
+    ratio = larger.quantile(q) / smaller.quantile(q)
+    count = len(smaller.rounds)
+    ratios = []
+    for _ in range(resamples):
+        picks = [rng.randrange(count) for _ in range(count)]
+        small = sorted(sample for pick in picks for sample in smaller.rounds[pick])
+        large = sorted(sample for pick in picks for sample in larger.rounds[pick])
+        ratios.append(quantile(large, q) / quantile(small, q))
+    ratios.sort()
+    return Growth(ratio, ratios[int(0.025 * resamples)], ratios[max(0, math.ceil(0.975 * resamples) - 1)])
+
+
+def round_median_ratios(smaller: Timings, larger: Timings) -> list[float]:
+    """Return, per round, the larger size's batch median over the smaller size's, sorted."""
+    return sorted(statistics.median(large) / statistics.median(small)
+                  for small, large in zip(smaller.rounds, larger.rounds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="500,5000,50000")
-    parser.add_argument("--waiting", type=int, default=10_000)
-    parser.add_argument("--decisions", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=12349)
+    parser.add_argument("--sizes", default="500,5000,50000",
+                        help="roster sizes, comma-separated (default: %(default)s)")
+    parser.add_argument("--waiting", type=int, default=10_000, help="waiting calls per pool (default: %(default)s)")
+    parser.add_argument("--decisions", type=int, default=2000,
+                        help="timed decisions per size and direction (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=50,
+                        help="timed decisions per size and direction in one round (default: %(default)s)")
+    parser.add_argument("--warm-up", type=int, default=5,
+                        help="decisions checked but not timed at the start of each batch (default: %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for the growth intervals (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=12349,
+                        help="seed of the synthetic rosters and calls (default: %(default)s)")
     parser.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=True,
                         help="gc.collect() and gc.freeze() after the set-up, as a county node does (default: on)")
+    parser.add_argument("--check-each", action="store_true",
+                        help="run the naive scan after every decision instead of after every batch")
     args = parser.parse_args()
+    if args.decisions < 1 or args.batch < 1 or args.bootstrap < 1 or args.warm_up < 0:
+        parser.error("--decisions, --batch and --bootstrap must be at least 1 and --warm-up at least 0")
     configure_logging("WARNING")
 
     sizes = [int(size) for size in args.sizes.split(",")]
     print(f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.processor() or platform.machine()}; "
-          f"Python {platform.python_version()}; waiting calls {args.waiting}; decisions per size {args.decisions}; "
-          f"gc.freeze {'on' if args.freeze else 'off'}")
-    results = {}
-    for size in sizes:
-        built = time.perf_counter()
-        results[size] = asyncio.run(bench_size(size, args.waiting, args.decisions, args.seed, args.freeze))
-        print(f"\nagents {size} (set-up and run {time.perf_counter() - built:.1f} s)")
-        for direction in ("agent_free", "new_call"):
-            pool_t, naive_t = results[size][direction], results[size][direction + "_naive"]
-            print(f"  {direction:10s} pool  p50 {pool_t.quantile(0.5):.3f} ms  p99 {pool_t.quantile(0.99):.3f} ms  "
-                  f"max {pool_t.max_ms:.3f} ms  (n={len(pool_t.samples_ns)})")
-            cpu_t = results[size][direction + "_cpu"]
-            print(f"  {direction:10s} cpu   p50 {cpu_t.quantile(0.5):.3f} ms  p99 {cpu_t.quantile(0.99):.3f} ms  "
-                  f"max {cpu_t.max_ms:.3f} ms")
-            print(f"  {direction:10s} naive p50 {naive_t.quantile(0.5):.3f} ms  p99 {naive_t.quantile(0.99):.3f} ms  "
-                  f"max {naive_t.max_ms:.3f} ms  naive/pool p50 {naive_t.quantile(0.5) / pool_t.quantile(0.5):.1f}x")
+          f"Python {platform.python_version()}; waiting calls {args.waiting}; decisions per size and direction "
+          f"{args.decisions} in rounds of {args.batch} after {args.warm_up} untimed; "
+          f"gc.freeze {'on' if args.freeze else 'off'}; "
+          f"naive scan after every {'decision' if args.check_each else 'batch'}")
+    started = time.perf_counter()
+    benches, set_up_s = asyncio.run(run_interleaved(
+        sizes, args.waiting, args.decisions, args.batch, args.warm_up, args.seed, args.freeze, args.check_each))
+    print(f"set-up {set_up_s:.1f} s, rounds {time.perf_counter() - started - set_up_s:.1f} s; "
+          f"every decision matched the naive scan")
 
-    for previous, size in zip(sizes, sizes[1:]):
-        for direction in ("agent_free", "new_call"):
-            growth = results[size][direction].quantile(0.99) / results[previous][direction].quantile(0.99)
-            cpu_growth = (results[size][direction + "_cpu"].quantile(0.99)
-                          / results[previous][direction + "_cpu"].quantile(0.99))
-            print(f"p99 growth {previous} -> {size} agents, {direction}: {growth:.2f}x (cpu {cpu_growth:.2f}x)")
+    for bench in benches:
+        print(f"\nagents {bench.size}")
+        for direction in DIRECTIONS:
+            wall, cpu = bench.wall[direction], bench.cpu[direction]
+            naive = sorted(bench.naive[direction])
+            print(f"  {direction:10s} pool  p50 {wall.quantile(0.5):.3f} ms  p99 {wall.quantile(0.99):.3f} ms  "
+                  f"max {wall.max_ms:.3f} ms  (n={len(wall.samples_ns)})")
+            print(f"  {direction:10s} cpu   p50 {cpu.quantile(0.5):.3f} ms  p99 {cpu.quantile(0.99):.3f} ms  "
+                  f"max {cpu.max_ms:.3f} ms")
+            first = sorted(bench.first[direction])
+            print(f"  {direction:10s} first p50 {quantile(first, 0.5):.3f} ms  max {first[-1] / 1e6:.3f} ms  "
+                  f"(first decision of each batch, after another pool's batch)")
+            print(f"  {direction:10s} naive p50 {quantile(naive, 0.5):.3f} ms  p99 {quantile(naive, 0.99):.3f} ms  "
+                  f"max {naive[-1] / 1e6:.3f} ms  naive/pool p50 {quantile(naive, 0.5) / wall.quantile(0.5):.1f}x")
+
+    rng = random.Random(args.seed)
+    rounds = len(benches[0].wall[DIRECTIONS[0]].rounds)
+    print(f"\ngrowth per step in agents, 95 % bootstrap interval over {rounds} paired rounds "
+          f"({args.bootstrap} resamples)")
+    for smaller, larger in itertools.pairwise(benches):
+        for direction in DIRECTIONS:
+            p50 = paired_growth(smaller.wall[direction], larger.wall[direction], 0.5, args.bootstrap, rng)
+            p99 = paired_growth(smaller.wall[direction], larger.wall[direction], 0.99, args.bootstrap, rng)
+            cpu99 = larger.cpu[direction].quantile(0.99) / smaller.cpu[direction].quantile(0.99)
+            per_round = round_median_ratios(smaller.wall[direction], larger.wall[direction])
+            print(f"  {smaller.size} -> {larger.size} {direction:10s} p50 {p50.ratio:.2f}x [{p50.low:.2f}, "
+                  f"{p50.high:.2f}]  p99 {p99.ratio:.2f}x [{p99.low:.2f}, {p99.high:.2f}]  cpu p99 {cpu99:.2f}x  "
+                  f"round medians {statistics.median(per_round):.2f}x ({per_round[0]:.2f}-{per_round[-1]:.2f})")
 
 
 if __name__ == "__main__":

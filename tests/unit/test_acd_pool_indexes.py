@@ -225,3 +225,24 @@ async def test_free_agents_out_of_order():
             assert [c.agent_id for c in recorder.decisions[-1].candidates][-1] == "a200"
         chosen.append(reservation.agent_id)
     assert chosen == [*(f"a{i:03d}" for i in range(9)), "a200", "a050", "a100"]
+
+
+async def test_tie_goes_to_smaller_agent_id():
+    """Equal score and idle time: the smaller agent id wins, whatever the roster's order.
+
+    explain_all_limit 1 puts the pool on its large-pool path, whose scan stops at the best candidates.
+    """
+    clock = FakeClock()
+    ids = ["a30", "a07", "a19", "a11"]
+    pool = AgentPool([AgentProfile(agent_id, agent_id, f"ep-{agent_id}", frozenset({"dibao"})) for agent_id in ids],
+                     settings=AcdSettings(wrap_up_s=0, explain_all_limit=1, explain_list_size=2), clock=clock)
+    for agent_id in ids:
+        await pool.device_state_changed(f"ep-{agent_id}", DeviceState.NOT_IN_USE)
+
+    chosen = []
+    for number in range(len(ids)):
+        reservation = await pool.reserve(f"c{number}", "dibao", timeout_s=1)
+        assert reservation is not None
+        chosen.append(reservation.agent_id)
+
+    assert chosen == sorted(ids)
