@@ -888,14 +888,39 @@ class TicketStore:
             raise TicketNotFound(ticket_id)
         return ticket_from_row(rows[0])
 
-    async def list_tickets(self, *, origin_node: str | None = None, limit: int = 1000) -> list[Ticket]:
-        """Return tickets in id order, optionally only those opened by ``origin_node``."""
-        if origin_node is None:
-            sql, params = "SELECT * FROM tickets ORDER BY ticket_id LIMIT ?", (limit,)
-        else:
-            sql = "SELECT * FROM tickets WHERE origin_node = ? ORDER BY ticket_id LIMIT ?"
-            params = (origin_node, limit)
-        return [ticket_from_row(row) for row in await self._fetch_all("list tickets", sql, params)]
+    async def list_tickets(
+        self,
+        *,
+        origin_node: str | None = None,
+        limit: int = 1000,
+        newest_first: bool = False,
+        states: Iterable[TicketState] | None = None,
+        category: TicketCategory | None = None,
+        created_since: datetime | None = None,
+    ) -> list[Ticket]:
+        """Return tickets in id order, or newest first by creation time, optionally filtered.
+
+        The filters keep tickets opened by ``origin_node``, in one of ``states``, of ``category``
+        or created at or after ``created_since`` (UTC); ``count_tickets`` takes the same filters.
+        """
+        where, params = _ticket_filter(origin_node, states, category, created_since)
+        order = "created_at DESC, ticket_id DESC" if newest_first else "ticket_id"
+        sql = f"SELECT * FROM tickets{where} ORDER BY {order} LIMIT ?"
+        rows = await self._fetch_all("list tickets", sql, (*params, limit))
+        return [ticket_from_row(row) for row in rows]
+
+    async def count_tickets(
+        self,
+        *,
+        origin_node: str | None = None,
+        states: Iterable[TicketState] | None = None,
+        category: TicketCategory | None = None,
+        created_since: datetime | None = None,
+    ) -> int:
+        """Return how many tickets match the filters of ``list_tickets``, with no limit."""
+        where, params = _ticket_filter(origin_node, states, category, created_since)
+        rows = await self._fetch_all("count tickets", f"SELECT COUNT(*) FROM tickets{where}", params)
+        return int(rows[0][0])
 
     async def find_ticket_by_call(self, call_id: str) -> Ticket | None:
         """Return this node's ticket opened for call ``call_id``, or None when the call opened none."""
@@ -1236,3 +1261,30 @@ class TicketStore:
             (ticket_id, instruction_id),
         )
         return rows[0]["seq"] if rows else None
+
+
+def _ticket_filter(
+    origin_node: str | None,
+    states: Iterable[TicketState] | None,
+    category: TicketCategory | None,
+    created_since: datetime | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """Build the WHERE clause and parameters shared by ``list_tickets`` and ``count_tickets``."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if origin_node is not None:
+        conditions.append("origin_node = ?")
+        params.append(origin_node)
+    if states is not None:
+        values = sorted({TicketState(state).value for state in states})
+        conditions.append(f"state IN ({', '.join('?' for _ in values)})" if values else "0")
+        params.extend(values)
+    if category is not None:
+        conditions.append("category = ?")
+        params.append(TicketCategory(category).value)
+    if created_since is not None:
+        # created_at is fixed-width ISO UTC text, so text order is time order.
+        conditions.append("created_at >= ?")
+        params.append(text_from_time(require_utc(created_since, "created_since")))
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return where, tuple(params)

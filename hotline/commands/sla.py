@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from hotline.commands.console import operator_console
+from hotline.commands.console import FitColumn, fit_table, operator_console
 from hotline.config import ConfigError, load_node_config
+from hotline.logging import configure_logging
 from storage.errors import StorageError
 from storage.ticket_store import TicketStore
 from tickets.calendar import (
@@ -35,6 +36,8 @@ from tickets.sla import (
 )
 
 DEFAULT_RULES = Path("config/sla.yaml")
+# The rules table of the checkout this module runs from, suggested when DEFAULT_RULES is not found.
+CHECKOUT_RULES = Path(__file__).resolve().parents[2] / DEFAULT_RULES
 
 # Tickets in these states have no running clock left.
 _FINISHED_STATES = frozenset({TicketState.CLOSED, TicketState.CANCELLED, TicketState.MERGED})
@@ -65,8 +68,24 @@ def _parse_at(value: str | None) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
+class MissingFile(Exception):
+    """A rules or calendar file that does not exist; the message names the path and the fix."""
+
+
 def _load_policy_and_calendar(rules_path: Path) -> tuple[SlaPolicy, WorkingCalendar]:
+    # A missing file has no line to point at, so it gets its own message instead of "path:1".
+    if not rules_path.is_file():
+        example = CHECKOUT_RULES if CHECKOUT_RULES.is_file() else Path("/path/to/checkout") / DEFAULT_RULES
+        raise MissingFile(
+            f"找不到时限规则表 {rules_path}（完整路径 {rules_path.absolute()}）。\n"
+            f"请在代码仓库根目录运行，或用 --rules 指定规则表的路径，例如 --rules {example}"
+        )
     policy = load_sla_policy(rules_path)
+    if policy.calendar_overrides and not Path(policy.calendar_overrides).is_file():
+        raise MissingFile(
+            f"找不到日历调整文件 {policy.calendar_overrides}：它由时限规则表 {rules_path} 的 calendar_overrides "
+            f"指定（相对于规则表所在目录），请补上该文件或改正这一项"
+        )
     overrides = load_calendar_overrides(policy.calendar_overrides) if policy.calendar_overrides else None
     return policy, WorkingCalendar.default(overrides, policy.working_hours)
 
@@ -105,10 +124,15 @@ def _notes(clock: PhaseClock) -> str:
     return "；".join(notes)
 
 
-def _clock_table(node_id: str, now: datetime, results: list[tuple[Ticket, TicketClocks]]) -> Table:
-    table = Table(title=f"节点 {node_id} 未归档工单的时限（截至北京时间 {_local(now)}）")
-    for column in ("工单号", "类别", "当前状态", "阶段", "时限", "开始", "到期", "已用", "状态", "说明"):
-        table.add_column(column)
+def _clock_table(node_id: str, now: datetime, results: list[tuple[Ticket, TicketClocks]], width: int) -> Table:
+    # Ids and times stay whole; the start time, elapsed time and ticket state go first in a narrow console.
+    columns = [
+        FitColumn("工单号", whole=True), FitColumn("类别", min_width=8), FitColumn("当前状态", whole=True, drop_rank=3),
+        FitColumn("阶段", min_width=4), FitColumn("时限", min_width=6), FitColumn("开始", whole=True, drop_rank=2),
+        FitColumn("到期", whole=True), FitColumn("已用", min_width=6, drop_rank=1), FitColumn("状态", min_width=8),
+        FitColumn("说明", min_width=8),
+    ]
+    rows = []
     for ticket, clocks in results:
         category = ticket.category.label
         if clocks.case_kind in CASE_KINDS:
@@ -116,17 +140,18 @@ def _clock_table(node_id: str, now: datetime, results: list[tuple[Ticket, Ticket
         for clock in clocks.clocks:
             if clock.status in (ClockStatus.NOT_STARTED, ClockStatus.STOPPED):
                 continue
-            table.add_row(
+            rows.append([
                 ticket.ticket_id, category, ticket.state.label, clock.phase.label, str(clock.rule.limit),
                 _local(clock.started_at), _local(clock.due_at), _duration(clock.elapsed),
                 _status_text(clock), _notes(clock),
-            )
-    return table
+            ])
+    return fit_table(f"节点 {node_id} 未归档工单的时限（截至北京时间 {_local(now)}）", columns, rows, width)
 
 
 @click.group(help="工单时限（SLA）：各阶段计时、预警、超时督办和工作日日历。")
 def sla() -> None:
-    pass
+    # Only warnings and errors go to stderr, so stdout contains only the operator's output.
+    configure_logging("WARNING")
 
 
 @sla.command("check", help="列出本节点未归档工单的各阶段时限，标出即将超时的预警和已超时的督办候选。")
@@ -140,6 +165,9 @@ def check_command(config_path: Path, at_text: str | None, rules_path: Path, limi
     try:
         policy, calendar = _load_policy_and_calendar(rules_path)
         node_id, tier, open_tickets = asyncio.run(_read_open_tickets(config_path, limit))
+    except MissingFile as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     except CalendarConfigError as exc:
         click.echo(f"时限规则或日历文件有误，请修改后重试：\n{exc}", err=True)
         sys.exit(2)
@@ -151,7 +179,8 @@ def check_command(config_path: Path, at_text: str | None, rules_path: Path, limi
         (ticket, compute_clocks(ticket.ticket_id, ticket.category, ticket_tier(events, tier), events, now, policy, calendar))
         for ticket, events in open_tickets
     ]
-    operator_console().print(_clock_table(node_id, now, results))
+    console = operator_console()
+    console.print(_clock_table(node_id, now, results, console.width))
 
     breached = [(ticket, clock) for ticket, clocks in results for clock in clocks.breached]
     warned = [(ticket, clock) for ticket, clocks in results for clock in clocks.warned]
@@ -178,6 +207,9 @@ def _day_row(info: CalendarDay, package_source: str) -> tuple[str, ...]:
 def calendar_command(year: int, rules_path: Path) -> None:
     try:
         policy, calendar = _load_policy_and_calendar(rules_path)
+    except MissingFile as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     except CalendarConfigError as exc:
         click.echo(f"时限规则或日历文件有误，请修改后重试：\n{exc}", err=True)
         sys.exit(2)

@@ -8,6 +8,7 @@ works from any shell on the node's host without reaching the controller itself.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ from storage.errors import StorageError
 from tickets.model import CHINA_TZ
 
 REFRESH_S = 1.0
+# Exit code of ``status --once`` when the controller's status is stale or missing, so a monitor can alarm.
+STALE_EXIT_CODE = 3
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -119,14 +122,21 @@ async def _read(store: AcdStore, now: datetime) -> tuple[AcdStatus | None, list[
     return await store.read_status(), await store.queue_calls_between(start, end)
 
 
-async def _show(path: Path, once: bool, clock: Callable[[], datetime]) -> None:
+def is_stale(status: AcdStatus | None, now: datetime) -> bool:
+    """Return True when the controller never published a status or its last one is older than NODE_STALE_S."""
+    return status is None or (now - status.published_at).total_seconds() > NODE_STALE_S
+
+
+async def _show(path: Path, once: bool, clock: Callable[[], datetime]) -> bool:
+    """Print the view once, or refresh it until interrupted; return True when the printed status was stale."""
     async with await AcdStore.open(path) as store:
         now = clock()
-        view = render_status(*await _read(store, now), now)
+        published, results = await _read(store, now)
+        view = render_status(published, results, now)
         console = operator_console()
         if once:
             console.print(view)
-            return
+            return is_stale(published, now)
 
         with Live(view, console=console, auto_refresh=False) as live:
             while True:
@@ -136,9 +146,14 @@ async def _show(path: Path, once: bool, clock: Callable[[], datetime]) -> None:
                 await asyncio.sleep(max(REFRESH_S - (time.monotonic() - started), 0.05))
 
 
-@click.command(help="班长看板：各技能组排队数和最长等待、各状态坐席，以及今日接通率、15 秒服务水平和放弃率，每秒刷新。")
+@click.command(
+    help="班长看板：各技能组排队数和最长等待、各状态坐席，以及今日接通率、15 秒服务水平和放弃率，每秒刷新。"
+    f"退出码：0 正常；1 配置或坐席记录库无法使用；{STALE_EXIT_CODE} 仅用于 --once，"
+    f"表示控制程序从未发布状态或已超过 {NODE_STALE_S:g} 秒没有发布（可能已停止）。",
+)
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件")
-@click.option("--once", is_flag=True, help="只输出一次就退出（供脚本使用）；不加时每秒刷新，按 Ctrl-C 退出")
+@click.option("--once", is_flag=True,
+              help=f"只输出一次就退出（供脚本使用），状态过时或缺失时退出码为 {STALE_EXIT_CODE}；不加时每秒刷新，按 Ctrl-C 退出")
 def status(config_path: Path, once: bool) -> None:
     try:
         config = load_node_config(config_path)
@@ -151,8 +166,10 @@ def status(config_path: Path, once: bool) -> None:
     if not path.is_file():
         raise _CommandFailed(f"找不到坐席记录库 {path}：节点从未启动过，或 --config 指错了节点")
     try:
-        asyncio.run(_show(path, once, lambda: datetime.now(UTC)))
+        stale = asyncio.run(_show(path, once, lambda: datetime.now(UTC)))
     except KeyboardInterrupt:
-        pass
+        return
     except StorageError as exc:
         raise _CommandFailed(f"读取坐席记录库失败：{exc}") from None
+    if once and stale:
+        sys.exit(STALE_EXIT_CODE)

@@ -1,7 +1,7 @@
 """CLI: ``hotline tickets`` lists a node's tickets, shows their event trail and applies lifecycle actions.
 
 Exit codes: 0 on success, 1 when the request is rejected (unknown ticket, action not allowed,
-missing reason), 2 when the configuration or the database cannot be used.
+missing reason), 2 when an option value of ``list``, the configuration or the database cannot be used.
 """
 
 from __future__ import annotations
@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 import click
+from rich.cells import cell_len
 from rich.console import RenderableType
 from rich.table import Table
 
-from hotline.commands.console import operator_console
+from hotline.commands.console import FitColumn, fit_columns, fit_table, operator_console
 from hotline.config import ConfigError, NodeConfig, load_node_config
 from hotline.logging import configure_logging
 from hotline.queue_callbacks import CallbackResult
@@ -37,7 +39,7 @@ from tickets.lifecycle import (
     event_kind_label,
     reason_label,
 )
-from tickets.model import TicketEvent, TicketState, Tier
+from tickets.model import Ticket, TicketCategory, TicketEvent, TicketState, Tier
 from tickets.sla import CASE_KIND_KEY, ClockUnit, Phase
 from tier_sync.escalation import ESCALATE_TO_KEY
 from tier_sync.instructions import InvalidInstruction, issue_instruction
@@ -62,18 +64,122 @@ async def _open_store(config: NodeConfig) -> TicketStore:
     return await TicketStore.open(config.database, config.node_id, config.region_code, tier=Tier(config.tier))
 
 
-async def _list(config_path: Path, limit: int) -> Table:
-    config = load_node_config(config_path)
-    async with await _open_store(config) as store:
-        tickets = await store.list_tickets(limit=limit)
+@dataclass(frozen=True)
+class ListFilter:
+    """The ``tickets list`` filters; None keeps every value."""
 
-    table = Table(title=f"节点 {config.node_id} 的工单（共 {len(tickets)} 张）")
-    for column in ("工单号", "来源节点", "类别", "状态", "来电号码", "受理时间（北京时间）", "事件数"):
-        table.add_column(column)
-    for ticket in tickets:
-        table.add_row(ticket.ticket_id, ticket.origin_node, ticket.category.label, ticket.state.label,
-                      ticket.caller_masked, _local(ticket.created_at), str(ticket.last_seq))
-    return table
+    states: frozenset[TicketState] | None = None
+    category: TicketCategory | None = None
+    since: date | None = None
+
+    def describe(self) -> str:
+        """Return the filters as Chinese text for the title, or "" when there are none."""
+        parts = []
+        if self.states:
+            parts.append("状态：" + "、".join(state.label for state in TicketState if state in self.states))
+        if self.category is not None:
+            parts.append(f"类别：{self.category.label}")
+        if self.since is not None:
+            parts.append(f"{self.since.isoformat()} 起受理（北京时间）")
+        return "；".join(parts)
+
+
+@dataclass(frozen=True)
+class TicketPage:
+    """The newest tickets of a node that match a filter, and how many match in all."""
+
+    node_id: str
+    tickets: list[Ticket]
+    total: int
+    filters: ListFilter
+
+
+def _choice_text(labels: Mapping[str, str]) -> str:
+    # Spaces between the choices let a narrow console wrap between them, never inside a code.
+    return "  ".join(f"{label} {code}" for code, label in labels.items())
+
+
+_STATE_CHOICES = MappingProxyType({state.value: state.label for state in TicketState})
+_CATEGORY_CHOICES = MappingProxyType({category.value: category.label for category in TicketCategory})
+
+
+def parse_states(values: tuple[str, ...]) -> frozenset[TicketState] | None:
+    """Parse ``--state`` values, each a Chinese state name or a code, several allowed per value with commas."""
+    states = set()
+    for value in values:
+        for item in value.replace("，", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            state = next((s for s in TicketState if item in (s.label, s.value) or item.lower() == s.value), None)
+            if state is None:
+                raise click.BadParameter(f"状态“{item}”不认识，请填中文名或代码：{_choice_text(_STATE_CHOICES)}")
+            states.add(state)
+    return frozenset(states) or None
+
+
+def parse_category(value: str | None) -> TicketCategory | None:
+    """Parse ``--category``, a Chinese category name or a code."""
+    if value is None:
+        return None
+    item = value.strip()
+    for category in TicketCategory:
+        if item in (category.label, category.value) or item.lower() == category.value:
+            return category
+    raise click.BadParameter(f"类别“{value}”不认识，请填中文名或代码：{_choice_text(_CATEGORY_CHOICES)}")
+
+
+def parse_since(value: str | None) -> date | None:
+    """Parse ``--since``, a Beijing date written YYYY-MM-DD."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"日期“{value}”格式不对，请写 YYYY-MM-DD（北京时间），例如 2026-12-05") from None
+
+
+async def _list(config_path: Path, limit: int, filters: ListFilter) -> TicketPage:
+    config = load_node_config(config_path)
+    since = datetime.combine(filters.since, time(), CHINA) if filters.since else None
+    async with await _open_store(config) as store:
+        tickets = await store.list_tickets(
+            limit=limit, newest_first=True, states=filters.states, category=filters.category, created_since=since,
+        )
+        total = await store.count_tickets(states=filters.states, category=filters.category, created_since=since)
+    return TicketPage(config.node_id, tickets, total, filters)
+
+
+def render_ticket_list(page: TicketPage, width: int) -> Table:
+    """Build the ticket table within ``width`` columns, newest first, with ids and times whole."""
+    shown = len(page.tickets)
+    described = page.filters.describe()
+    if described:
+        count = f"{described}；显示最近 {shown} 张，符合条件的共 {page.total} 张"
+    else:
+        count = f"显示最近 {shown} 张，共 {page.total} 张"
+
+    # The origin column matters only where tickets from other nodes are stored (a parent tier).
+    with_origin = any(ticket.origin_node != page.node_id for ticket in page.tickets)
+    columns = [
+        FitColumn("工单号", whole=True),
+        FitColumn("来源节点", whole=True),
+        FitColumn("类别"),
+        FitColumn("状态", whole=True),
+        FitColumn("来电号码", whole=True, drop_rank=1),
+        FitColumn("受理时间（北京时间）", whole=True),
+        FitColumn("事件数", whole=True, drop_rank=2, justify="right"),
+    ]
+    rows = [
+        [ticket.ticket_id, ticket.origin_node, ticket.category.label, ticket.state.label, ticket.caller_masked,
+         _local(ticket.created_at), str(ticket.last_seq)]
+        for ticket in page.tickets
+    ]
+    if not with_origin:
+        del columns[1]
+        for row in rows:
+            del row[1]
+    return fit_table(f"节点 {page.node_id} 的工单（{count}）", columns, rows, width)
 
 
 def _state_change(event: TicketEvent) -> str:
@@ -183,22 +289,76 @@ def _describe_mapping(key: str, value: dict[object, object]) -> str:
     return "，".join(f"{name}={_describe_value(str(name), item)}" for name, item in value.items())
 
 
-def _describe_payload(payload: dict[str, object]) -> str:
-    """Render an event payload as Chinese "label：value" pairs, times in Beijing time.
+def _payload_items(payload: dict[str, object]) -> list[str]:
+    """Render an event payload as Chinese "label：value" items, times in Beijing time.
 
     A key without a label and a value without a Chinese word are shown as stored.
     """
-    parts = []
+    items = []
     for key, value in payload.items():
         if value in (None, "", [], {}):
             continue
         if key == "flow_version" and isinstance(value, str):
             value = value[:12]
-        parts.append(f"{_PAYLOAD_LABELS.get(key, key)}：{_describe_value(key, value)}")
-    return "；".join(parts)
+        items.append(f"{_PAYLOAD_LABELS.get(key, key)}：{_describe_value(key, value)}")
+    return items
 
 
-async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
+def _describe_payload(payload: dict[str, object]) -> str:
+    """Render an event payload as one line of Chinese "label：value" pairs."""
+    return "；".join(_payload_items(payload))
+
+
+def _event_details(event: TicketEvent) -> list[str]:
+    details = []
+    if event.reason:
+        details.append(f"原因：{reason_label(event.reason)}")
+    if event.note:
+        details.append(f"备注：{event.note}")
+    return details + _payload_items(event.payload or {})
+
+
+def _keep_values_whole(items: list[str], width: int) -> str:
+    """Join detail items one per line, moving a value to its own line when "label：value" is wider than ``width``.
+
+    A value on its own line is folded only when it alone is wider than ``width``, as a SHA-256 may be.
+    """
+    lines: list[str] = []
+    for item in items:
+        label, colon, value = item.partition("：")
+        if colon and cell_len(item) > width:
+            lines.extend((label + colon, value))
+        else:
+            lines.append(item)
+    return "\n".join(lines)
+
+
+def render_event_trail(title: str, events: list[TicketEvent], width: int) -> Table:
+    """Build the event table of ``tickets show`` within ``width`` columns, with ids and times whole."""
+    details = [_event_details(event) for event in events]
+    rows = []
+    for event, items in zip(events, details):
+        # The event, its state change and who acted share one column, so the details get the most room.
+        lines = [event_kind_label(event.kind), _state_change(event), f"{event.actor} {_who(event)}"]
+        rows.append([str(event.seq), _local(event.occurred_at), "\n".join(line for line in lines if line),
+                     "\n".join(items)])
+
+    # The operator id in the middle column stays whole; the tier and office after it may wrap.
+    widest_actor = max((cell_len(event.actor) for event in events), default=0)
+    columns = [
+        FitColumn("序号", whole=True, justify="right"),
+        FitColumn("时间（北京时间）", whole=True),
+        FitColumn("事件和操作人", min_width=max(widest_actor, 14)),
+        FitColumn("详情"),
+    ]
+    kept, widths = fit_columns(columns, rows, width)
+    detail_width = widths[kept.index(len(columns) - 1)]
+    for row, items in zip(rows, details):
+        row[-1] = _keep_values_whole(items, detail_width)
+    return fit_table(title, columns, rows, width)
+
+
+async def _show(config_path: Path, ticket_id: str, width: int) -> list[RenderableType]:
     config = load_node_config(config_path)
     async with await _open_store(config) as store:
         ticket = await store.get_ticket(ticket_id)
@@ -206,16 +366,8 @@ async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
         links = await store.list_links(ticket_id)
 
     # The event trail, oldest first.
-    table = Table(title=f"工单 {ticket.ticket_id}（{ticket.category.label}，当前状态：{ticket.state.label}）")
-    for column in ("序号", "时间（北京时间）", "事件", "状态变化", "操作人", "层级和部门", "原因", "备注", "内容"):
-        table.add_column(column)
-    for event in events:
-        details = _describe_payload(event.payload or {})
-        table.add_row(
-            str(event.seq), _local(event.occurred_at), event_kind_label(event.kind), _state_change(event),
-            event.actor, _who(event), reason_label(event.reason) or "", event.note or "", details,
-        )
-    output: list[RenderableType] = [table]
+    title = f"工单 {ticket.ticket_id}（{ticket.category.label}，当前状态：{ticket.state.label}）"
+    output: list[RenderableType] = [render_event_trail(title, events, width)]
 
     # Links to merged or escalated tickets, in both directions.
     for link in links:
@@ -230,7 +382,8 @@ async def _show(config_path: Path, ticket_id: str) -> list[RenderableType]:
     else:
         rules = allowed_actions(ticket.state)
         if rules:
-            output.append("可执行的操作：" + "、".join(f"{rule.name}（{rule.label}）" for rule in rules))
+            # Spaces between the actions let a narrow console wrap between them, never inside an action code.
+            output.append("可执行的操作：" + "  ".join(f"{rule.name}（{rule.label}）" for rule in rules))
         else:
             output.append(f"「{ticket.state.label}」是终结状态，不能再执行任何操作。")
     return output
@@ -328,31 +481,50 @@ def tickets() -> None:
     configure_logging("WARNING")
 
 
-@tickets.command("list", help="列出本节点保存的工单（本节点受理的和下级上报的）。")
+@tickets.command(
+    "list",
+    help="列出本节点保存的工单（本节点受理的和下级上报的），最新受理的在前。"
+    "退出码：0 成功；2 选项值、配置文件或数据库无法使用。",
+)
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
-@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 100000), help="最多列出多少张。")
-def list_command(config_path: Path, limit: int) -> None:
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 100000),
+              help="最多列出多少张（最近受理的）；标题给出符合条件的总数。")
+@click.option("--state", "state_values", multiple=True,
+              help="只列出这些状态的工单，填中文名或代码，例如 派单 或 dispatched；可重复，或用逗号分隔多个。")
+@click.option("--since", "since_text", default=None, help="只列出这一天（北京时间，YYYY-MM-DD）及以后受理的工单。")
+@click.option("--category", "category_text", default=None, help="只列出这一类别的工单，填中文名或代码，例如 低保 或 dibao。")
+def list_command(
+    config_path: Path, limit: int, state_values: tuple[str, ...], since_text: str | None, category_text: str | None,
+) -> None:
     try:
-        table = asyncio.run(_list(config_path, limit))
+        filters = ListFilter(parse_states(state_values), parse_category(category_text), parse_since(since_text))
+    except click.BadParameter as exc:
+        # The list of valid values is long, so rich wraps it to the console width.
+        operator_console(stderr=True).print(f"无法列出工单：{exc.message}", markup=False, highlight=False)
+        sys.exit(2)
+
+    try:
+        page = asyncio.run(_list(config_path, limit, filters))
     except (ConfigError, StorageError) as exc:
         click.echo(f"无法读取工单：{exc}", err=True)
         sys.exit(2)
-    operator_console().print(table)
+    console = operator_console()
+    console.print(render_ticket_list(page, console.width))
 
 
 @tickets.command("show", help="显示一张工单的全部事件（办理轨迹）、关联工单和下一步可执行的操作。")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
 @click.argument("ticket_id")
 def show_command(config_path: Path, ticket_id: str) -> None:
+    console = operator_console()
     try:
-        output = asyncio.run(_show(config_path, ticket_id))
+        output = asyncio.run(_show(config_path, ticket_id, console.width))
     except TicketNotFound:
         click.echo(f"找不到工单 {ticket_id}，请用 hotline tickets list 查看已有的工单号。", err=True)
         sys.exit(1)
     except (ConfigError, StorageError) as exc:
         click.echo(f"无法读取工单：{exc}", err=True)
         sys.exit(2)
-    console = operator_console()
     for item in output:
         console.print(item)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import structlog
 from click.testing import CliRunner
+from rich.console import Console
 
 from hotline.commands.sla import sla
 from storage.ticket_store import TicketStore
@@ -15,6 +18,13 @@ from tickets.model import CHINA_TZ, TicketCategory
 
 RULES = Path(__file__).resolve().parents[2] / "config" / "sla.yaml"
 NODE = "city-330100"
+
+
+@pytest.fixture(autouse=True)
+def reset_logging() -> Iterator[None]:
+    """Undo the CLI's logging configuration, which points at the runner's temporary stderr."""
+    yield
+    structlog.reset_defaults()
 
 
 def cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -109,3 +119,47 @@ class TestSlaCalendar:
         assert "台风停工" in result.output
         assert "休息日（本地调整）" in result.output
         assert "2025 年共 247 个工作日" in result.output
+
+
+class TestSlaFilesAndWidth:
+    def test_missing_rules_outside_checkout(self, node: tuple[Path, dict[str, str]], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        config, _ids = node
+        monkeypatch.chdir(tmp_path)
+        result = CliRunner(env={"COLUMNS": "250"}).invoke(sla, ["check", "--config", str(config)])
+        assert result.exit_code == 2
+        assert "找不到时限规则表 config/sla.yaml" in result.stderr
+        assert "--rules" in result.stderr
+        assert "sla.yaml:1" not in result.stderr
+
+    def test_missing_rules_for_calendar(self, tmp_path: Path) -> None:
+        missing = tmp_path / "nowhere" / "sla.yaml"
+        result = CliRunner(env={"COLUMNS": "250"}).invoke(sla, ["calendar", "2025", "--rules", str(missing)])
+        assert result.exit_code == 2
+        assert f"找不到时限规则表 {missing}" in result.stderr
+        assert ":1:" not in result.stderr
+
+    def test_missing_overrides_file(self, node: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+        config, _ids = node
+        # The copied rules name calendar-overrides.yaml beside them, which tmp_path does not have.
+        rules = tmp_path / "sla.yaml"
+        rules.write_text(RULES.read_text(encoding="utf-8"), encoding="utf-8")
+        result = CliRunner(env={"COLUMNS": "250"}).invoke(sla, ["check", "--config", str(config), "--rules", str(rules)])
+        assert result.exit_code == 2
+        assert f"找不到日历调整文件 {tmp_path / 'calendar-overrides.yaml'}" in result.stderr
+        assert ":1:" not in result.stderr
+
+    @pytest.mark.parametrize("width", [100, 80])
+    def test_check_fits_console(self, node: tuple[Path, dict[str, str]], width: int) -> None:
+        config, ids = node
+        result = CliRunner(env={"COLUMNS": str(width)}).invoke(
+            sla, ["check", "--config", str(config), "--rules", str(RULES), "--at", "2025-10-09T10:30"],
+        )
+        assert result.exit_code == 0, result.output
+        table = result.stdout.split("共 3 张未归档工单")[0]
+        assert "…" not in table
+        for line in table.splitlines():
+            assert Console(width=300).measure(line).maximum <= width, line
+        for ticket_id in (ids["late"], ids["near"], ids["answered"]):
+            assert ticket_id in table
+        assert "2025-10-09 10:00" in table
