@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hotline.cli_text import localize_cli
 from hotline.logging import configure_logging
 
 from hotline.commands.acd import acd
@@ -22,7 +23,7 @@ from hotline.commands.tickets import tickets
 
 
 @click.group(help="12349 民政服务热线引擎：呼叫流程、坐席分配、工单和逐级上报。")
-@click.version_option(package_name="hotline12349", message="%(prog)s %(version)s")
+@click.version_option(package_name="hotline12349", message="%(prog)s %(version)s", help="显示版本号并退出。")
 def main() -> None:
     # Operators read the commands' own Chinese output; library INFO lines would bury it.
     # ``hotline run`` sets its own level.
@@ -43,3 +44,6 @@ main.add_command(status)
 main.add_command(brokers)
 main.add_command(backup)
 main.add_command(restore)
+
+# Usage lines, help headings and usage errors come from click; this makes them Chinese.
+localize_cli(main)

@@ -49,6 +49,10 @@ EDGE_FIELD_LABELS = {
     "on_no_agent": "无坐席",
     "on_failed": "转接失败",
     "otherwise": "其他情况",
+    # A queue's callback: the caller pressed the key to be called back and keep the place.
+    "callback.next": "申请回电后",
+    # A queue's emergency overflow: the call went on to the tier above.
+    "emergency_overflow.next": "溢出至上级后",
 }
 
 HANDLER_LABELS = {"human": "人工服务", "emergency": "紧急求助"}
@@ -75,7 +79,7 @@ def _node_label(node_id: str, node: object, prompt_texts: Mapping[str, str]) -> 
 
 
 # Branch conditions on the caller's citizen profile.
-CALLER_LABELS = {"known": "已登记来电人", "open_ticket": "来电人有未办结工单"}
+CALLER_LABELS = {"known": "已登记来电人", "open_ticket": "来电人有未办结工单", "overflow": "下级溢出来的紧急来电"}
 
 
 def _condition_label(condition: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -137,3 +138,40 @@ nodes:
     assert 'label="按0 人工服务"' in source
     assert 'label="按1"' in source
     assert "（条件分支）" in source
+
+
+def edge_labels(graph) -> list[str]:
+    """Return the label of every edge line in a Graphviz graph's body, in order."""
+    return [match.group(1) for line in graph.body if " -> " in line
+            for match in [re.search(r'label="([^"]*)"', line)] if match]
+
+
+def test_shipped_flow_edge_labels_name_no_fields():
+    labels = edge_labels(flow_graph(FLOW, PROMPT_TEXTS))
+
+    assert len(labels) >= 30
+    for label in labels:
+        assert re.search(r"[A-Za-z_]", label) is None, label
+
+
+def test_queue_callback_and_overflow_edge_labels():
+    source = flow_graph(FLOW, PROMPT_TEXTS).source
+
+    assert 'to_agent -> finished [label="申请回电后"]' in source
+    assert 'urgent_agent -> finished [label="溢出至上级后"]' in source
+    assert "emergency_overflow.next" not in source
+    assert "callback.next" not in source
+
+
+def test_call_start_overflow_rule_label():
+    labels = edge_labels(flow_graph(FLOW, PROMPT_TEXTS))
+
+    assert "来电规则2：下级溢出来的紧急来电" in labels
+    assert not any("overflow" in label for label in labels)
+
+
+def test_edge_labels_keep_node_ids():
+    source = flow_graph(FLOW, PROMPT_TEXTS).source
+
+    assert "urgent_agent -> urgent_callback" in source
+    assert 'urgent_agent [label="urgent_agent\n（转人工）' in source
