@@ -29,6 +29,7 @@ from hotline.privacy import mask_phone
 from stack import net
 from stack.asterisk import AgentEndpoint, AsteriskInstance, ensure_root
 from stack.mosquitto import MosquittoBroker
+from stack.rtp_events import write_voice_pcap
 from stack.sipp import CallerResult, CallerStep, Dtmf, Pause, SippAgent, SippCaller
 from storage.ticket_store import TicketStore
 from tickets.call_record import CallOutcome, CallRecord
@@ -314,10 +315,12 @@ telephony:
             standby.start()
             self.standby = standby
 
-        # Agent phones register last, so the county sees them arrive over AMI.
+        # Agent phones register last, so the county sees them arrive over AMI. Each one sends
+        # a steady tone while it talks, so the call recordings the demo leaves have sound.
+        voice = write_voice_pcap(self.work_dir / "agent-voice.pcap", self.agent_talk_ms, after_presses=0)
         for agent in AGENTS:
             phone = SippAgent(endpoint_id=agent["endpoint"], username=agent["endpoint"], password=passwords[agent["id"]],
-                              registrar_port=self.asterisk.sip_port, talk_ms=self.agent_talk_ms,
+                              registrar_port=self.asterisk.sip_port, talk_ms=self.agent_talk_ms, audio_pcap=voice,
                               work_dir=self.work_dir / f"sipp-{agent['id']}", keep_files=True)
             self._exit.callback(phone.stop)
             phone.start()
