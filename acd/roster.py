@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,7 +107,24 @@ def explain_field_error(item: Any) -> str:
     return explain_error(item)
 
 
-def _read_yaml(path: Path) -> list[tuple[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class _RosterRow:
+    """One agent's raw row: where it is (for messages about the row), how a later row names it, its fields."""
+
+    where: str
+    owner: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RosterAgent:
+    """An agent loaded from the roster, with the place of its row in the file for messages."""
+
+    where: str
+    profile: AgentProfile
+
+
+def _read_yaml(path: Path) -> list[_RosterRow]:
     try:
         rows = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
     except YAMLError as exc:
@@ -114,8 +132,11 @@ def _read_yaml(path: Path) -> list[tuple[str, Any]]:
     if not isinstance(rows, list) or not rows:
         raise RosterError(f"坐席名单 {path} 应为非空列表，每项一名坐席（id、name、endpoint、skills）")
     lines = _yaml_item_lines(path)
-    return [(f"第 {lines[number - 1]} 行的第 {number} 名坐席" if lines else f"第 {number} 名坐席", row)
-            for number, row in enumerate(rows, start=1)]
+    return [
+        _RosterRow(f"第 {lines[number - 1]} 行的第 {number} 名坐席", f"第 {lines[number - 1]} 行的坐席", row)
+        if lines else _RosterRow(f"第 {number} 名坐席", f"第 {number} 名坐席", row)
+        for number, row in enumerate(rows, start=1)
+    ]
 
 
 def _yaml_item_lines(path: Path) -> list[int]:
@@ -132,10 +153,10 @@ def _yaml_item_lines(path: Path) -> list[int]:
     return [document.lc.item(index)[0] + 1 for index in range(len(document))]
 
 
-def _read_csv(path: Path) -> list[tuple[str, Any]]:
+def _read_csv(path: Path) -> list[_RosterRow]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        rows: list[tuple[str, Any]] = []
+        rows: list[_RosterRow] = []
         for row in reader:
             if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
                 continue
@@ -149,47 +170,73 @@ def _read_csv(path: Path) -> list[tuple[str, Any]]:
                     data[column] = [part.strip() for part in text.split(";") if part.strip()]
                 elif text:
                     data[column] = text
-            rows.append((f"第 {reader.line_num} 行", data))
+            rows.append(_RosterRow(f"第 {reader.line_num} 行", f"第 {reader.line_num} 行的坐席", data))
     if not rows:
         raise RosterError(f"坐席名单 {path} 没有坐席：第 1 行写列名（id,name,endpoint,skills,…），之后每行一名坐席")
     return rows
 
 
 def load_roster(path: str | Path) -> list[AgentProfile]:
-    """Load a YAML or CSV roster (by suffix ``.csv``) into agent profiles."""
+    """Load a YAML or CSV roster (by suffix ``.csv``) into agent profiles.
+
+    Raises ``RosterError`` listing every mistake in the file, not only the first.
+    """
+    return [agent.profile for agent in load_roster_rows(path)]
+
+
+def load_roster_rows(path: str | Path) -> list[RosterAgent]:
+    """Load a roster like ``load_roster`` and keep where each agent's row is, for later checks."""
     path = Path(path)
     try:
         rows = _read_csv(path) if path.suffix.lower() == ".csv" else _read_yaml(path)
     except FileNotFoundError as exc:
         raise RosterError(f"找不到坐席名单 {path}，请检查路径") from exc
 
-    agents: list[AgentProfile] = []
+    agents: list[RosterAgent] = []
     problems: list[str] = []
-    seen_ids: set[str] = set()
-    seen_endpoints: set[str] = set()
-    for where, row in rows:
+    id_owners: dict[str, str] = {}
+    endpoint_owners: dict[str, str] = {}
+    for row in rows:
+        # Repeated ids and endpoints are looked for on every row, valid or not, so a roster
+        # with both kinds of mistakes lists them all in one run.
+        problems.extend(_repeats(row, id_owners, endpoint_owners))
         try:
-            entry = _RosterEntry.model_validate(row)
+            entry = _RosterEntry.model_validate(row.data)
         except ValidationError as exc:
-            problems.extend(f"{where}，{explain_field_error(item)}" for item in exc.errors())
-            # Keep the invalid row's id and endpoint, so a later row repeating them is still reported.
-            if isinstance(row, dict):
-                seen_ids.add(str(row.get("id")))
-                seen_endpoints.add(str(row.get("endpoint")))
+            problems.extend(f"{row.where}，{explain_field_error(item)}" for item in exc.errors())
             continue
-        if entry.id in seen_ids:
-            problems.append(f"{where}：工号“{entry.id}”重复，请改成唯一的工号")
-        if entry.endpoint in seen_endpoints:
-            problems.append(f"{where}：话机“{entry.endpoint}”已分给别的坐席，每名坐席一部话机")
-        seen_ids.add(entry.id)
-        seen_endpoints.add(entry.endpoint)
         levels = dict(_parse_skill(item) for item in entry.skills)
-        agents.append(AgentProfile(
+        agents.append(RosterAgent(row.where, AgentProfile(
             entry.id, entry.name, entry.endpoint, frozenset(levels), tuple(sorted(levels.items())),
             tier=entry.tier, region_code=entry.region, languages=frozenset(entry.languages),
             capabilities=frozenset(entry.capabilities), training=frozenset(entry.training),
-        ))
+        )))
 
     if problems:
         raise RosterError(f"坐席名单 {path} 有误：\n" + "\n".join(f"  - {p}" for p in problems), tuple(problems))
     return agents
+
+
+def _repeats(row: _RosterRow, id_owners: dict[str, str], endpoint_owners: dict[str, str]) -> list[str]:
+    """Return the messages for a row whose id or endpoint an earlier row already has; remember this row's."""
+    if not isinstance(row.data, dict):
+        return []
+    found: list[str] = []
+    agent_id = _text_value(row.data.get("id"))
+    if agent_id:
+        if agent_id in id_owners:
+            found.append(f"{row.where}：工号“{agent_id}”重复，{id_owners[agent_id]}已用此工号，请改成唯一的工号")
+        else:
+            id_owners[agent_id] = row.owner
+    endpoint = _text_value(row.data.get("endpoint"))
+    if endpoint:
+        if endpoint in endpoint_owners:
+            found.append(f"{row.where}：话机“{endpoint}”已分给{endpoint_owners[endpoint]}，"
+                         f"每名坐席一部话机，请换成这名坐席自己的话机")
+        else:
+            endpoint_owners[endpoint] = row.owner
+    return found
+
+
+def _text_value(value: Any) -> str:
+    return "" if value is None else str(value).strip()

@@ -5,6 +5,10 @@ time and, when a mean patience is given, hang up after an exponential patience i
 agent was reserved by then. Every routing step is the pool's own code: ``reserve``,
 ``connected``, ``release`` and wrap-up timers.
 
+Calls of skill ``sign_language`` carry the need 手语, so the pool gives them only to agents
+with a video phone, as on the node. No other need (dialect, slow speech) and no priority is
+simulated, because a traffic file does not describe them.
+
 Time is virtual. The simulation runs on its own asyncio event loop whose clock is a
 number: when nothing is ready, the loop jumps to the next timer instead of sleeping, so
 an eight-hour day takes seconds and ``asyncio.sleep`` and ``asyncio.wait`` timeouts
@@ -41,9 +45,19 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from acd.pool import AcdSettings, AgentPool, AgentProfile, DeviceState, ReleaseOutcome
+from acd.pool import (
+    SIGN_LANGUAGE_NEED,
+    SIGN_LANGUAGE_SKILL,
+    VIDEO_CAPABILITY,
+    AcdSettings,
+    AgentPool,
+    AgentProfile,
+    DeviceState,
+    ReleaseOutcome,
+)
 
 # Wall-clock stamp of simulated time zero, used only on the pool's events and decisions.
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -56,6 +70,23 @@ DEFAULT_WARMUP_FRACTION = 0.1
 # NOTE: calls in one queue wait in runs, so the real error of waits and service level is
 # larger than this bound for independent calls, most of all near full occupancy.
 MIN_STABLE_CALLS = 400
+
+
+def call_needs(skill: str) -> frozenset[str]:
+    """Return the need tags a simulated call of ``skill`` carries.
+
+    A sign-language call (skill ``sign_language``) carries the need 手语, so the pool gives it
+    only to an agent with that skill and a video phone, as on the node. Other skills' calls
+    carry no need: dialects, slow speech and priorities are not part of a traffic file.
+    """
+    return frozenset({SIGN_LANGUAGE_NEED}) if skill == SIGN_LANGUAGE_SKILL else frozenset()
+
+
+def can_take(agent: AgentProfile, skill: str) -> bool:
+    """Return True when ``agent`` may answer the simulated calls of ``skill`` (see ``call_needs``)."""
+    if skill not in agent.skills:
+        return False
+    return skill != SIGN_LANGUAGE_SKILL or VIDEO_CAPABILITY in agent.capabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +140,15 @@ class SimulationResult:
 
 
 class TrafficError(Exception):
-    """A traffic file that cannot be used; the message is Chinese and names the row and the fix."""
+    """A traffic file that cannot be used; the message is Chinese and names the row and the fix.
+
+    ``problems`` lists each mistake on its own when the file was read and its rows checked.
+    It is empty when the file could not be read at all, and the message then explains why.
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,40 +179,135 @@ class TrafficPlan:
 
 
 _TRAFFIC_FIELDS = ("skill", "calls_per_hour", "handle_s", "patience_s")
+# Each number of a traffic row: its Chinese name, its unit word, the smallest valid value,
+# whether that value itself is valid, and whether the field may be left out.
+_NUMBER_RULES = {
+    "calls_per_hour": ("每小时来电数", "数", 0.0, True, False),
+    "handle_s": ("平均处理时长", "秒数", 0.0, False, False),
+    "patience_s": ("平均耐心时长", "秒数", 0.0, False, True),
+}
 
 
-def _skill_traffic(where: str, row: Any) -> SkillTraffic:
+def _range_text(name: str) -> str:
+    _, unit, low, low_valid, optional = _NUMBER_RULES[name]
+    text = f"请填{'不小于' if low_valid else '大于'} {low:g} 的{unit}"
+    return text + ("，不模拟挂机放弃请留空" if optional else "")
+
+
+def _number_problem(name: str, value: Any) -> tuple[float | None, str | None]:
+    """Return the field's number (None when left out or invalid) and the problem with its value, if any."""
+    label, _, low, low_valid, optional = _NUMBER_RULES[name]
+    if value is None or str(value).strip() == "":
+        return None, (None if optional else f"缺少{label} {name}，{_range_text(name)}")
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        return None, f"{label} {name} 的值“{value}”不是数字，{_range_text(name)}"
+    if number < low or (number == low and not low_valid):
+        kind = "负数" if number < 0 else " 0"
+        return None, f"{label} {name} 是 {value}，不能为{kind}，{_range_text(name)}"
+    return number, None
+
+
+def _skill_traffic(where: str, row: Any) -> tuple[SkillTraffic | None, list[str]]:
+    """Check one row of a traffic file; return its traffic (None when invalid) and every problem found."""
     if not isinstance(row, dict):
-        raise TrafficError(f"{where}应为一个映射（skill、calls_per_hour、handle_s，可选 patience_s）")
+        return None, [f"{where}应为一个映射（skill、calls_per_hour、handle_s，可选 patience_s）"]
+    problems: list[str] = []
     unknown = sorted(set(map(str, row)) - set(_TRAFFIC_FIELDS))
     if unknown:
-        raise TrafficError(f"{where}有未知字段 {'、'.join(unknown)}，可用字段：{'、'.join(_TRAFFIC_FIELDS)}")
+        problems.append(f"{where}：有未知字段 {'、'.join(unknown)}，可用字段：{'、'.join(_TRAFFIC_FIELDS)}")
     skill = str(row.get("skill") or "").strip()
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", skill):
-        raise TrafficError(f"{where}：技能“{skill}”格式不对，请用名单里的技能代码，例如 dibao")
+    if not skill:
+        problems.append(f"{where}：缺少技能代码 skill，请填名单里的技能代码，例如 dibao")
+    elif not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", skill):
+        problems.append(f"{where}：技能“{skill}”格式不对，请用名单里的技能代码，例如 dibao")
     numbers: dict[str, float | None] = {}
-    for name in ("calls_per_hour", "handle_s", "patience_s"):
-        value = row.get(name)
-        if value is None or str(value).strip() == "":
-            numbers[name] = None
-            continue
+    for name in _NUMBER_RULES:
+        numbers[name], problem = _number_problem(name, row.get(name))
+        if problem is not None:
+            problems.append(f"{where}：{problem}")
+    if problems:
+        return None, problems
+    calls, handle = numbers["calls_per_hour"], numbers["handle_s"]
+    assert calls is not None and handle is not None
+    return SkillTraffic(skill, calls, handle, numbers["patience_s"]), []
+
+
+def _yaml_line(container: Any, key: Any) -> int | None:
+    """Return the 1-based line of ``key`` in a round-trip YAML mapping or list, or None when unknown."""
+    try:
+        if isinstance(container, CommentedMap):
+            return container.lc.key(key)[0] + 1
+        if isinstance(container, CommentedSeq):
+            return container.lc.item(key)[0] + 1
+    except (KeyError, IndexError, TypeError):
+        return None
+    return None
+
+
+def _yaml_rows(path: Path, text: str, problems: list[str]) -> tuple[list[tuple[str, Any]], ServiceTarget | None, float]:
+    """Read a YAML traffic file's rows, target and wrap-up; add the file-level problems to ``problems``."""
+    try:
+        data = YAML(typ="rt").load(text)
+    except YAMLError as exc:
+        raise TrafficError(f"话务量文件 {path} 不是有效的 YAML：{exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("skills"), list):
+        raise TrafficError(f"话务量文件 {path} 应有 skills 列表，每项一个技能（skill、calls_per_hour、handle_s）")
+
+    def where(key: str) -> str:
+        line = _yaml_line(data, key)
+        return f"第 {line} 行" if line else key
+
+    target: ServiceTarget | None = None
+    if data.get("service_level") is not None:
         try:
-            numbers[name] = float(value)
+            target = ServiceTarget.parse(str(data["service_level"]))
+        except TrafficError as exc:
+            problems.append(f"{where('service_level')}：{exc}")
+    wrap_up_s = 0.0
+    raw_wrap_up = data.get("wrap_up_s")
+    if raw_wrap_up is not None:
+        try:
+            wrap_up_s = float(raw_wrap_up)
         except (TypeError, ValueError):
-            raise TrafficError(f"{where}：{name} 的值“{value}”不是数字") from None
-    if numbers["calls_per_hour"] is None or numbers["calls_per_hour"] < 0:
-        raise TrafficError(f"{where}：技能 {skill} 缺少每小时来电数 calls_per_hour（>= 0）")
-    if numbers["handle_s"] is None or numbers["handle_s"] <= 0:
-        raise TrafficError(f"{where}：技能 {skill} 缺少平均处理时长 handle_s（秒，> 0）")
-    if numbers["patience_s"] is not None and numbers["patience_s"] <= 0:
-        raise TrafficError(f"{where}：技能 {skill} 的平均耐心时长 patience_s 应 > 0，不模拟挂机放弃请留空")
-    return SkillTraffic(skill, numbers["calls_per_hour"], numbers["handle_s"], numbers["patience_s"])
+            problems.append(f"{where('wrap_up_s')}：话后整理秒数 wrap_up_s 的值“{raw_wrap_up}”不是数字，请填不小于 0 的秒数")
+        else:
+            if not math.isfinite(wrap_up_s) or wrap_up_s < 0:
+                problems.append(f"{where('wrap_up_s')}：话后整理秒数 wrap_up_s 是 {raw_wrap_up}，请填不小于 0 的秒数")
+                wrap_up_s = 0.0
+    extra = sorted(set(map(str, data)) - {"skills", "service_level", "wrap_up_s"})
+    if extra:
+        problems.append(f"有未知字段 {'、'.join(extra)}，可用字段：skills、service_level、wrap_up_s")
+
+    skills = data["skills"]
+    rows = []
+    for number, row in enumerate(skills, start=1):
+        line = _yaml_line(skills, number - 1)
+        rows.append((f"第 {line} 行（skills 第 {number} 项）" if line else f"skills 第 {number} 项", row))
+    return rows, target, wrap_up_s
+
+
+def _csv_rows(text: str) -> list[tuple[str, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    rows = []
+    for row in reader:
+        if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
+            continue
+        fields = {key: value for key, value in row.items() if key is not None}
+        if None in row:
+            fields["（多余的列）"] = row[None]
+        rows.append((f"第 {reader.line_num} 行", fields))
+    return rows
 
 
 def load_traffic(path: str | Path) -> TrafficPlan:
     """Load a traffic file: YAML (``skills`` list plus optional ``service_level``, ``wrap_up_s``) or CSV.
 
     A CSV file has the header ``skill,calls_per_hour,handle_s,patience_s`` and one skill a row.
+    Raises ``TrafficError`` whose ``problems`` list every mistake, each with its line.
     """
     path = Path(path)
     try:
@@ -181,36 +315,32 @@ def load_traffic(path: str | Path) -> TrafficPlan:
     except FileNotFoundError:
         raise TrafficError(f"找不到话务量文件 {path}，请检查路径") from None
 
+    problems: list[str] = []
     target: ServiceTarget | None = None
     wrap_up_s = 0.0
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        rows = [(f"第 {number} 行", {k: v for k, v in row.items() if k is not None})
-                for number, row in enumerate(reader, start=2) if any((v or "").strip() for v in row.values() if v)]
+        rows = _csv_rows(text)
     else:
-        try:
-            data = YAML(typ="safe").load(text)
-        except YAMLError as exc:
-            raise TrafficError(f"话务量文件 {path} 不是有效的 YAML：{exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("skills"), list):
-            raise TrafficError(f"话务量文件 {path} 应有 skills 列表，每项一个技能（skill、calls_per_hour、handle_s）")
-        if data.get("service_level") is not None:
-            target = ServiceTarget.parse(str(data["service_level"]))
-        try:
-            wrap_up_s = float(data.get("wrap_up_s") or 0.0)
-        except (TypeError, ValueError):
-            raise TrafficError(f"话务量文件 {path}：wrap_up_s 的值“{data.get('wrap_up_s')}”不是数字") from None
-        rows = [(f"skills 第 {number} 项", row) for number, row in enumerate(data["skills"], start=1)]
-    if not rows:
+        rows, target, wrap_up_s = _yaml_rows(path, text, problems)
+    if not rows and not problems:
         raise TrafficError(f"话务量文件 {path} 没有技能：每个技能写一行 skill、calls_per_hour、handle_s")
 
-    skills = [_skill_traffic(f"话务量文件 {path} {where}", row) for where, row in rows]
-    names = [t.skill for t in skills]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise TrafficError(f"话务量文件 {path}：技能 {'、'.join(repeated)} 写了不止一次，请合并成一行")
-    if wrap_up_s < 0:
-        raise TrafficError(f"话务量文件 {path}：wrap_up_s 应 >= 0")
+    skills: list[SkillTraffic] = []
+    first_row: dict[str, str] = {}
+    for where, row in rows:
+        traffic, row_problems = _skill_traffic(where, row)
+        problems.extend(row_problems)
+        if traffic is None:
+            continue
+        if traffic.skill in first_row:
+            problems.append(f"{where}：技能 {traffic.skill} 已写在{first_row[traffic.skill]}，每个技能只写一次，请合并成一行")
+            continue
+        first_row[traffic.skill] = where
+        skills.append(traffic)
+
+    if problems:
+        message = f"话务量文件 {path} 有误：\n" + "\n".join(f"  - {problem}" for problem in problems)
+        raise TrafficError(message, tuple(problems))
     return TrafficPlan(tuple(skills), target, wrap_up_s)
 
 
@@ -322,7 +452,7 @@ async def _call(run: _Run, call_id: str, traffic: SkillTraffic, horizon_s: float
         run.offered_s += handle_s
 
     patience = run.rng.expovariate(1.0 / traffic.patience_s) if traffic.patience_s else 10.0 * horizon_s
-    reservation = await run.pool.reserve(call_id, traffic.skill, timeout_s=patience)
+    reservation = await run.pool.reserve(call_id, traffic.skill, timeout_s=patience, needs=call_needs(traffic.skill))
     if counted and loop.time() > horizon_s:
         tally.waiting_at_end += 1
     if reservation is None:
@@ -442,7 +572,7 @@ def hours_for_calls(traffic: Sequence[SkillTraffic], skills: Sequence[str], min_
 
 @dataclass(frozen=True, slots=True)
 class Overload:
-    """A skill whose offered load, wrap-up included, reaches the agents who have it."""
+    """A skill whose offered load, wrap-up included, reaches the agents who can take its calls."""
 
     skill: str
     # Erlangs: calls per hour times (handle time plus wrap-up) over 3600 s.
@@ -452,14 +582,14 @@ class Overload:
 
 def overloaded_skills(roster: Sequence[AgentProfile], traffic: Sequence[SkillTraffic],
                       wrap_up_s: float = 0.0) -> tuple[Overload, ...]:
-    """Return the skills whose load is at least the number of roster agents with that skill.
+    """Return the skills whose load is at least the number of roster agents who can take their calls.
 
     Such a queue has no steady state when callers never hang up: it grows for as long as
-    calls arrive. Skills no agent has are left out, since every call of theirs goes unanswered.
+    calls arrive. Skills no agent can take are left out, since every call of theirs goes unanswered.
     """
     found: list[Overload] = []
     for item in traffic:
-        agents = sum(1 for agent in roster if item.skill in agent.skills)
+        agents = sum(1 for agent in roster if can_take(agent, item.skill))
         load = item.calls_per_hour * (item.handle_s + wrap_up_s) / 3600.0
         if agents > 0 and load > 0 and load >= agents:
             found.append(Overload(item.skill, load, agents))

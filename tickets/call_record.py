@@ -24,6 +24,26 @@ class CallOutcome(enum.Enum):
     COMPLETED = "completed"  # the flow ended without needing an agent
     FAILED = "failed"
 
+    @property
+    def label(self) -> str:
+        """Return the Chinese label operators read."""
+        return _OUTCOME_LABELS[self]
+
+    @property
+    def reached_queue(self) -> bool:
+        """Return True for the outcomes of calls that asked for an agent."""
+        return self in (CallOutcome.ANSWERED, CallOutcome.ABANDONED_IN_QUEUE, CallOutcome.NO_AGENT)
+
+
+_OUTCOME_LABELS = {
+    CallOutcome.ANSWERED: "已接通坐席",
+    CallOutcome.ABANDONED_IN_MENU: "菜单中挂机",
+    CallOutcome.ABANDONED_IN_QUEUE: "排队中挂机",
+    CallOutcome.NO_AGENT: "无空闲坐席",
+    CallOutcome.COMPLETED: "流程结束（未转坐席）",
+    CallOutcome.FAILED: "流程出错结束",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedKey:

@@ -31,14 +31,6 @@ from stack.asterisk import AsteriskError
 from stack.mosquitto import BrokerError
 from stack.sipp import Dtmf, EndedBy, SippError
 
-_OUTCOME_WORDS = {
-    "answered": "已接通坐席",
-    "abandoned_in_menu": "菜单中挂机",
-    "abandoned_in_queue": "排队中挂机",
-    "no_agent": "无空闲坐席",
-    "completed": "流程结束",
-    "failed": "失败",
-}
 
 
 _ENDED_BY_WORDS = {EndedBy.CALLER: "来电者", EndedBy.REMOTE: "热线"}
@@ -54,7 +46,7 @@ def _summary_table(reports: Sequence[CallReport]) -> Table:
         record = report.record
         # Spaces around the arrows let a long path wrap between flow nodes.
         path = " → ".join(record.path) if record else "—"
-        outcome = _OUTCOME_WORDS.get(record.outcome.value, record.outcome.value) if record and record.outcome else "—"
+        outcome = record.outcome.label if record and record.outcome else "—"
         verdict = "通过" if report.passed else "不通过：" + "；".join(report.problems)
         keys = "、".join(step.digit for step in report.script.steps if isinstance(step, Dtmf)) or "—"
         ended_by = _ENDED_BY_WORDS.get(report.sipp.ended_by) if report.sipp and report.sipp.ended_by else "—"

@@ -232,13 +232,9 @@ _PAYLOAD_VALUES: Mapping[str, Mapping[str, str]] = MappingProxyType({
         "category_chosen": "来电者选择了业务类别", "agent_answered": "坐席已接听",
         "emergency_overflow": "紧急来电转上级", "controller_fallback": "控制器故障，由交换机兜底受理",
     },
-    "outcome": {
-        CallOutcome.ANSWERED.value: "已接通坐席", CallOutcome.ABANDONED_IN_MENU.value: "菜单中挂机",
-        CallOutcome.ABANDONED_IN_QUEUE.value: "排队中挂机", CallOutcome.NO_AGENT.value: "无空闲坐席",
-        CallOutcome.COMPLETED.value: "流程结束", CallOutcome.FAILED.value: "失败",
-    },
+    "outcome": {outcome.value: outcome.label for outcome in CallOutcome},
     "reason": {
-        CallOutcome.ABANDONED_IN_QUEUE.value: "排队中挂机",
+        CallOutcome.ABANDONED_IN_QUEUE.value: CallOutcome.ABANDONED_IN_QUEUE.label,
         EMERGENCY_OVERFLOW_REASON: "紧急来电本级无坐席及时接听",
     },
     "via": {"trunk": "经中继转接上级", "callback": "请上级回电"},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import structlog
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +18,12 @@ def terminal_size_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
+
+
+@pytest.fixture
+def quiet_pool() -> None:
+    """Keep only warnings from structlog: the ACD pool logs every state change at INFO.
+
+    The session-wide fixture in tests/conftest.py puts the set-up back after the test.
+    """
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

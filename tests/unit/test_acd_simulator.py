@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 from rich.cells import cell_len
 from rich.console import Console
@@ -42,14 +40,11 @@ from hotline.commands.acd import (
 
 SOAK = os.environ.get("HOTLINE_SOAK") == "1"
 
+# Tables are laid out for a 100-column terminal; pytest-xdist workers set COLUMNS=80.
+TERMINAL_100 = {"COLUMNS": "100"}
 
-@pytest.fixture(autouse=True)
-def quiet_pool():
-    """The pool logs every state change at INFO; a long simulation keeps only warnings."""
-    previous = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    yield
-    structlog.configure(**previous)
+
+pytestmark = pytest.mark.usefixtures("quiet_pool")
 
 
 def _agents(count: int, skill: str = "dibao") -> list[AgentProfile]:
@@ -138,7 +133,7 @@ def test_load_traffic_yaml_and_csv(tmp_path: Path):
 @pytest.mark.parametrize(("content", "message"), [
     ("skill,calls_per_hour,handle_s\ndibao,40,\n", "缺少平均处理时长 handle_s"),
     ("skill,calls_per_hour,handle_s\ndibao,四十,240\n", "calls_per_hour 的值“四十”不是数字"),
-    ("skill,calls_per_hour,handle_s\ndibao,40,240\ndibao,10,240\n", "技能 dibao 写了不止一次"),
+    ("skill,calls_per_hour,handle_s\ndibao,40,240\ndibao,10,240\n", "技能 dibao 已写在第 2 行，每个技能只写一次"),
     ("skill,calls_per_hour,handle_s,queue\ndibao,40,240,x\n", "未知字段 queue"),
 ])
 def test_traffic_errors_name_the_fix(tmp_path: Path, content: str, message: str):
@@ -163,7 +158,7 @@ def test_whatif_prints_minimum_and_simulations(tmp_path: Path):
     traffic.write_text("skill,calls_per_hour,handle_s,patience_s\ndibao,40,240,90\nlinshi,20,300,90\n",
                        encoding="utf-8")
 
-    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "5", "--target", "80/15"])
+    result = CliRunner(env=TERMINAL_100).invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "5", "--target", "80/15"])
 
     assert result.exit_code == 0, result.output
     assert "服务水平目标：80% 的来电在 15 秒内接起" in result.output
@@ -177,7 +172,7 @@ def test_whatif_reports_a_bad_traffic_file(tmp_path: Path):
     roster = tmp_path / "roster.yaml"
     roster.write_text("- {id: a1, name: 坐席一, endpoint: ep1, skills: [dibao]}\n", encoding="utf-8")
 
-    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(tmp_path / "missing.yaml")])
+    result = CliRunner(env=TERMINAL_100).invoke(main, ["acd", "whatif", str(roster), str(tmp_path / "missing.yaml")])
 
     assert result.exit_code != 0
     assert "找不到话务量文件" in result.output
@@ -246,12 +241,13 @@ def test_whatif_warns_about_few_calls(tmp_path: Path):
     traffic = tmp_path / "traffic.csv"
     traffic.write_text("skill,calls_per_hour,handle_s\ndibao,13,240\nyanglao,5,200\n", encoding="utf-8")
 
-    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "1"])
+    result = CliRunner(env=TERMINAL_100).invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "1"])
 
     assert result.exit_code == 0, result.output
-    warning = next(line for line in result.output.splitlines() if "统计到的来电少于 400 个" in line)
-    assert "dibao（" in warning
-    assert "yanglao（" in warning
+    lines = result.output.splitlines()
+    heading = next(number for number, line in enumerate(lines) if "统计到的来电少于 400 个" in line)
+    assert "dibao（低保） " in lines[heading + 1]
+    assert "yanglao（养老服务） " in lines[heading + 1]
     assert "请用 --hours 89 或更长重新运行" in result.output  # yanglao: 400 / (5 * 0.9)
 
 
@@ -262,11 +258,11 @@ def test_whatif_without_warning_for_enough_calls(tmp_path: Path):
     traffic = tmp_path / "traffic.csv"
     traffic.write_text("skill,calls_per_hour,handle_s\ndibao,60,60\n", encoding="utf-8")
 
-    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "10"])
+    result = CliRunner(env=TERMINAL_100).invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "10"])
 
     assert result.exit_code == 0, result.output
     assert "少于 400 个" not in result.output
-    assert "不少于名单中具备该技能" not in result.output
+    assert "不少于名单中能接的" not in result.output
 
 
 def test_whatif_warns_about_overloaded_skill(tmp_path: Path):
@@ -276,13 +272,13 @@ def test_whatif_warns_about_overloaded_skill(tmp_path: Path):
     traffic = tmp_path / "traffic.csv"
     traffic.write_text("skill,calls_per_hour,handle_s\ndibao,10,120\ntekun,40,300\n", encoding="utf-8")
 
-    result = CliRunner().invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "4"])
+    result = CliRunner(env=TERMINAL_100).invoke(main, ["acd", "whatif", str(roster), str(traffic), "--hours", "4"])
 
     assert result.exit_code == 0, result.output
-    assert "注意：技能 tekun 的话务量 3.33 爱尔兰（含话后整理），不少于名单中具备该技能的 1 名坐席。" in result.output
+    assert "注意：技能 tekun（特困供养） 的话务量 3.33 爱尔兰（含话后整理），不少于名单中能接的 1 名坐席。" in result.output
     assert "平均等待只反映模拟时长" in result.output
     assert "请给该技能至少 6 名坐席" in result.output
-    assert "技能 dibao 的话务量" not in result.output
+    assert "技能 dibao（低保） 的话务量" not in result.output
     queued = next(line for line in result.output.splitlines() if "模拟停止来电时该技能仍有" in line)
     assert int(queued.split("仍有 ")[1].split(" 个")[0]) > 10
 
@@ -348,5 +344,5 @@ def test_sample_warning_scales_hours_by_measured_calls():
 
     assert hours_for_calls(plan.skills, ["dibao"]) == 38  # 400 / (12 * 0.9) = 37.04
     assert result.skills[0].offered == 390
-    assert "技能 dibao（390 个）" in lines[0]
+    assert lines[1] == "　　dibao（低保） 390 个"
     assert "请用 --hours 39 或更长" in lines[-1]  # 38 * 400 / 390 = 38.97

@@ -23,10 +23,10 @@ def test_roster_loads(tmp_path):
     [
         ("- {id: a1, name: 坐席一, endpoint: agent1}\n", "第 1 名坐席，字段“skills”：缺少此字段"),
         ("- {id: a1, name: 坐席一, endpoint: agent1, skills: [dibao], colour: x}\n", "字段“colour”：不认识此字段"),
-        ("- {id: a1, name: 坐席一, endpoint: agent1, skills: [dibao]}\n"
-         "- {id: a1, name: 坐席二, endpoint: agent2, skills: [dibao]}\n", "第 2 名坐席：工号“a1”重复"),
-        ("- {id: a1, name: 坐席一, endpoint: agent1, skills: [dibao]}\n"
-         "- {id: a2, name: 坐席二, endpoint: agent1, skills: [dibao]}\n", "话机“agent1”已分给别的坐席"),
+        (("- {id: a1, name: 坐席一, endpoint: agent1, skills: [dibao]}\n"
+          "- {id: a1, name: 坐席二, endpoint: agent2, skills: [dibao]}\n"), "第 2 名坐席：工号“a1”重复，第 1 行的坐席已用此工号"),
+        (("- {id: a1, name: 坐席一, endpoint: agent1, skills: [dibao]}\n"
+          "- {id: a2, name: 坐席二, endpoint: agent1, skills: [dibao]}\n"), "话机“agent1”已分给第 1 行的坐席"),
         ("[]\n", "应为非空列表"),
     ],
     ids=["missing skills", "unknown field", "duplicate id", "shared endpoint", "empty"],
