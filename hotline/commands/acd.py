@@ -181,7 +181,7 @@ def unqueued_call_lines(record: CallRecord) -> list[str]:
 
 
 @acd.command(help="说明某个来电为什么分给了某名坐席（或为什么没分到）。")
-@click.argument("call_id")
+@click.argument("call_id", metavar="来电编号")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件")
 def explain(call_id: str, config_path: Path) -> None:
     config = _config(config_path)
@@ -239,7 +239,7 @@ def event_reason_label(reason: str) -> str:
 
 
 @acd.command(help="列出某名坐席最近的状态变化（北京时间）。")
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="最多显示几条")
 def events(agent_id: str, config_path: Path, limit: int) -> None:
@@ -337,21 +337,21 @@ _CONFIG_OPTION = click.option("--config", "config_path", required=True, type=cli
 
 
 @acd.command(help="让坐席登录（登录后处于“登录待就绪”暂停，示闲后才接电话）。节点须在运行。")
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 @_CONFIG_OPTION
 def login(agent_id: str, config_path: Path) -> None:
     _run_agent_command(config_path, agent_id, AgentCommand(AgentAction.LOGIN))
 
 
 @acd.command(help="让坐席退出；坐席正在处理来电时拒绝。节点须在运行。")
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 @_CONFIG_OPTION
 def logout(agent_id: str, config_path: Path) -> None:
     _run_agent_command(config_path, agent_id, AgentCommand(AgentAction.LOGOUT))
 
 
 @acd.command(help="暂停坐席，暂停期间不分配来电。节点须在运行。")
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 @_CONFIG_OPTION
 @click.option("--reason", default="supervisor", show_default=True, type=click.Choice(CLI_PAUSE_REASONS),
               help="暂停原因：" + "，".join(f"{code}={PAUSE_REASONS[code]}" for code in CLI_PAUSE_REASONS))
@@ -360,7 +360,7 @@ def pause(agent_id: str, config_path: Path, reason: str) -> None:
 
 
 @acd.command(help="取消坐席的暂停（示闲），之后开始分配来电。节点须在运行。")
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 @_CONFIG_OPTION
 def unpause(agent_id: str, config_path: Path) -> None:
     _run_agent_command(config_path, agent_id, AgentCommand(AgentAction.READY))
@@ -571,8 +571,8 @@ def missing_skill_lines(roster: list[AgentProfile], plan: TrafficPlan, roster_pa
 
 
 @acd.command(help="容量测算：按 Erlang C 算每个技能至少要几名坐席，并模拟现有名单和建议名单的接通情况。")
-@click.argument("roster_path", metavar="ROSTER", type=click.Path(path_type=Path))
-@click.argument("traffic_path", metavar="TRAFFIC", type=click.Path(path_type=Path))
+@click.argument("roster_path", metavar="名单文件", type=click.Path(path_type=Path))
+@click.argument("traffic_path", metavar="话务量文件", type=click.Path(path_type=Path))
 @click.option("--target", "target_text", default=None,
               help="服务水平目标“百分比/秒数”，例如 80/15；不写时用话务量文件里的 service_level，再没有就用 80/15")
 @click.option("--hours", default=40.0, show_default=True, type=click.FloatRange(min=0.1), help="模拟的小时数")
@@ -782,7 +782,7 @@ def _load_flow_for_check(flow_path: Path | None, no_flow: bool) -> tuple[Flow | 
              help="检查坐席名单文件（YAML 或 CSV，与节点 telephony.roster 同一读取方式），不需要运行节点。"
                   "并核对名单的技能与流程（默认为仓库自带的 flows/12349.yaml）。"
                   "名单、话务量文件和流程都没有错误时退出码为 0，否则为 1；提示不影响退出码。")
-@click.argument("roster_path", metavar="ROSTER", type=click.Path(path_type=Path))
+@click.argument("roster_path", metavar="名单文件", type=click.Path(path_type=Path))
 @click.option("--traffic", "traffic_path", default=None, type=click.Path(path_type=Path),
               help="话务量文件（hotline acd whatif 用的那个）：同时检查它，并核对其中每个技能在名单中至少有一名坐席")
 @click.option("--flow", "flow_path", default=None, type=click.Path(path_type=Path),

@@ -56,7 +56,7 @@ def backup(config_path: Path, destination: Path) -> None:
 @click.command(help="检查一份备份并恢复到节点；节点必须先停止。")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件")
 @click.option("--check-only", is_flag=True, help="只检查备份（校验值、完整性、结构版本），不恢复")
-@click.argument("backup_folder", type=click.Path(path_type=Path))
+@click.argument("backup_folder", metavar="备份目录", type=click.Path(path_type=Path))
 def restore(config_path: Path, check_only: bool, backup_folder: Path) -> None:
     config = _load(config_path)
     if check_only:

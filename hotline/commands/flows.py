@@ -33,7 +33,7 @@ def flows() -> None:
 
 
 @flows.command("check", help="检查流程文件的格式和跳转关系；有错时逐条列出“文件:行:列: 问题”。")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", metavar="流程文件...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--catalog", type=click.Path(path_type=Path), default=Path("prompts/zh-CN.yaml"),
               show_default=True, help="提示音目录文件，用来核对流程里用到的提示音。")
 @click.option("--audio-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -162,7 +162,7 @@ def versions(config_path: Path) -> None:
 
 
 @flows.command("draw", help="把流程画成 SVG 和 PNG 图（节点写提示音开头，连线写按键和含义）。")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", metavar="流程文件", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="输出目录，生成 flow-<流程编号>.svg 和 .png。")
 @click.option("--catalog", type=click.Path(path_type=Path), default=Path("prompts/zh-CN.yaml"),

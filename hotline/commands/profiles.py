@@ -108,7 +108,7 @@ def keygen(config_path: Path) -> None:
 
 
 @profiles.command(name="import", help="从 CSV 或 JSON 导入档案；有误的行跳过并逐行列出，其余行在一个事务中写入。")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", metavar="导入文件", type=click.Path(path_type=Path))
 @CONFIG_OPTION
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="把错误报告另存到此文件（UTF-8 文本）。")
@@ -238,7 +238,7 @@ def operators() -> None:
 
 @operators.command(name="add", help="登记或修改操作员账号。")
 @CONFIG_OPTION
-@click.argument("name")
+@click.argument("name", metavar="账号")
 @click.option("--region", "region_code", required=True, help="辖区的 6 位区划代码：省 PP0000、市 PPCC00、县为完整代码。")
 @click.option("--role", type=click.Choice([role.value for role in OperatorRole]), default="agent", show_default=True,
               help="agent 坐席（身份证号显示后 4 位）；supervisor 班长（显示完整身份证号）。")
@@ -390,7 +390,7 @@ async def _key_usage(config: ProfilesConfig) -> tuple[dict[str, int], LookupKeyS
 
 @profiles.command(help="显示坐席当前来电人的档案摘要（坐席级脱敏：身份证号只显示后 4 位），即振铃时节点写下的内容。")
 @CONFIG_OPTION
-@click.argument("agent_id")
+@click.argument("agent_id", metavar="坐席工号")
 def screen(config_path: Path, agent_id: str) -> None:
     config = _load(config_path)
     agent_screen = _run(_screen(config, agent_id))
@@ -419,7 +419,7 @@ async def _screen(config: ProfilesConfig, agent_id: str) -> AgentScreen | None:
 @profiles.command(name="callback-number",
                   help="解密工单中来电人要求回拨的号码（只能在本县节点执行），必须给出操作员和理由并记入审计日志。")
 @CONFIG_OPTION
-@click.argument("ticket_id")
+@click.argument("ticket_id", metavar="工单号")
 @click.option("--node-config", "node_config_path", required=True, type=click.Path(path_type=Path),
               help="本县节点的配置文件（YAML），从中读取工单数据库。")
 @click.option("--operator", "operator_name", required=True, help="操作员账号名。")

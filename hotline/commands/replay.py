@@ -125,7 +125,7 @@ async def _what_if(candidate_path: Path, since: datetime, config_path: Path, exa
 
 
 @click.command("replay", help="运行通话脚本（YAML）并逐个报告通过或失败；或用 --what-if 把已录通话在候选流程上离线重放。")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", metavar="脚本文件...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--offline", is_flag=True, help="不打真实电话，在流程引擎里离线运行脚本（坐席总是空闲）。")
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=DEFAULT_FLOW, show_default=True,
               help="--offline 时使用的流程文件。")

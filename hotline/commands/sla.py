@@ -201,7 +201,7 @@ def _day_row(info: CalendarDay, package_source: str) -> tuple[str, ...]:
 
 
 @sla.command("calendar", help="显示某年的工作日数据来源、覆盖范围、节假日、调休上班日和本地调整。")
-@click.argument("year", type=click.IntRange(1900, 2200))
+@click.argument("year", metavar="年份", type=click.IntRange(1900, 2200))
 @click.option("--rules", "rules_path", default=DEFAULT_RULES, show_default=True, type=click.Path(path_type=Path),
               help="时限规则表（YAML），从中读取上班时段和日历调整文件。")
 def calendar_command(year: int, rules_path: Path) -> None:

@@ -510,7 +510,7 @@ def list_command(
 
 @tickets.command("show", help="显示一张工单的全部事件（办理轨迹）、关联工单和下一步可执行的操作。")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
-@click.argument("ticket_id")
+@click.argument("ticket_id", metavar="工单号")
 def show_command(config_path: Path, ticket_id: str) -> None:
     console = operator_console()
     try:
@@ -531,8 +531,8 @@ def show_command(config_path: Path, ticket_id: str) -> None:
     "操作名和原因代码见 hotline tickets actions。",
 )
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="节点配置文件。")
-@click.argument("ticket_id")
-@click.argument("action")
+@click.argument("ticket_id", metavar="工单号")
+@click.argument("action", metavar="操作")
 @click.option("--operator", required=True, help="操作人（坐席工号或账号），记入办理轨迹。")
 @click.option("--reason", default=None, help="原因代码，退回（return）和撤销（cancel）必填。")
 @click.option("--note", default=None, help="备注，例如办理结果；挂起、办结、重办和督办必填。")
@@ -588,7 +588,7 @@ def actions_command() -> None:
     "policy_notice（政策通知）。指令经本级 MQTT 服务送达，下级执行后回执。",
 )
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="本节点（上级）的配置文件。")
-@click.argument("ticket_id")
+@click.argument("ticket_id", metavar="工单号")
 @click.option("--to", "child", required=True, help="接收指令的下级节点编号，即受理该工单的节点，例如 county-330106。")
 @click.option("--kind", required=True, type=click.Choice(["assign", "return", "supervise", "policy_notice"]),
               help="指令类型。")

@@ -110,7 +110,7 @@ def test_whatif_help_in_chinese():
     result = run("acd", "whatif", "--help")
 
     assert result.exit_code == 0
-    assert result.output.startswith("用法：hotline acd whatif [选项] ROSTER TRAFFIC\n")
+    assert result.output.startswith("用法：hotline acd whatif [选项] 名单文件 话务量文件\n")
     assert "--hours 数值" in result.output
     assert "[默认：40.0; 取值不小于 0.1]" in result.output
     assert "--seed 整数" in result.output
@@ -121,9 +121,9 @@ def test_missing_argument_in_chinese():
     result = run("acd", "whatif")
 
     assert result.exit_code == 2
-    assert "用法：hotline acd whatif [选项] ROSTER TRAFFIC" in result.output
+    assert "用法：hotline acd whatif [选项] 名单文件 话务量文件" in result.output
     assert "用法说明请运行“hotline acd whatif --help”。" in result.output
-    assert "错误：缺少参数 'ROSTER'." in result.output
+    assert "错误：缺少参数 '名单文件'." in result.output
     assert english_words_in(result.output) == []
 
 
