@@ -15,9 +15,11 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.cells import cell_len
@@ -578,17 +580,16 @@ def missing_skill_lines(roster: list[AgentProfile], plan: TrafficPlan, roster_pa
 @click.option("--hours", default=40.0, show_default=True, type=click.FloatRange(min=0.1), help="模拟的小时数")
 @click.option("--seed", default=12349, show_default=True, type=int, help="随机种子，同一种子结果相同")
 def whatif(roster_path: Path, traffic_path: Path, target_text: str | None, hours: float, seed: int) -> None:
-    roster_failure = _roster_failure(roster_path)
-    traffic_failure = _traffic_failure(traffic_path)
-    if roster_failure or traffic_failure:
+    # Both files are read before stopping, so one run reports the mistakes of both.
+    roster, roster_failure = _load_or_report(load_roster, roster_path, f"坐席名单 {roster_path}")
+    plan, traffic_failure = _load_or_report(load_traffic, traffic_path, f"话务量文件 {traffic_path}")
+    if roster is None or plan is None:
         for line in (*roster_failure, *traffic_failure):
             click.echo(line, err=True)
         failed = [label for label, lines in ((f"坐席名单 {roster_path}", roster_failure),
                                              (f"话务量文件 {traffic_path}", traffic_failure)) if lines]
         click.echo(f"没有测算：{'；'.join(f'{label} 有误' for label in failed)}，改正后再运行", err=True)
         sys.exit(1)
-    roster = load_roster(roster_path)
-    plan = load_traffic(traffic_path)
     try:
         target = ServiceTarget.parse(target_text) if target_text else plan.target or ServiceTarget(0.80, 15.0)
     except TrafficError as exc:
@@ -642,22 +643,16 @@ SHIPPED_FLOW = Path(__file__).resolve().parents[2] / "flows" / "12349.yaml"
 NEED_SKILLS = frozenset({SIGN_LANGUAGE_SKILL})
 
 
-def _roster_failure(path: Path) -> list[str]:
-    """Return the Chinese lines that report a roster which does not load, or [] when it loads."""
-    try:
-        load_roster(path)
-    except RosterError as exc:
-        return _failure_lines(f"坐席名单 {path}", str(exc), exc.problems)
-    return []
+_Loaded = TypeVar("_Loaded")
 
 
-def _traffic_failure(path: Path) -> list[str]:
-    """Return the Chinese lines that report a traffic file which does not load, or [] when it loads."""
+def _load_or_report(load: Callable[[Path], _Loaded], path: Path,
+                    file_label: str) -> tuple[_Loaded | None, list[str]]:
+    """Load a roster or traffic file; return its content, or None and the Chinese lines reporting its mistakes."""
     try:
-        load_traffic(path)
-    except TrafficError as exc:
-        return _failure_lines(f"话务量文件 {path}", str(exc), exc.problems)
-    return []
+        return load(path), []
+    except (RosterError, TrafficError) as exc:
+        return None, _failure_lines(file_label, str(exc), exc.problems)
 
 
 def _failure_lines(file_label: str, message: str, problems: tuple[str, ...]) -> list[str]:
