@@ -315,7 +315,7 @@ telephony:
             standby.start()
             self.standby = standby
 
-        # Agent phones register last, so the county sees them arrive over AMI. Each one sends
+        # Agent phones register last, so the county receives their registrations over AMI. Each sends
         # a steady tone while it talks, so the call recordings the demo leaves have sound.
         voice = write_voice_pcap(self.work_dir / "agent-voice.pcap", self.agent_talk_ms, after_presses=0)
         for agent in AGENTS:

@@ -64,53 +64,53 @@ def _table_overhead(count: int) -> int:
 def fit_columns(columns: Sequence[FitColumn], rows: Sequence[Sequence[str]], width: int) -> tuple[list[int], list[int]]:
     """Choose which columns to show within ``width`` and the width of each.
 
-    Returns the indexes of the kept columns and their widths. Whole columns get their widest
+    Returns the indexes of the visible columns and their widths. Whole columns get their widest
     cell. When the table is too wide, each wrapping column gets its ``min_width`` and the room
     left goes to the wrapping columns in order, each up to its widest cell. When the minimums do
     not fit, columns are dropped by ``drop_rank``.
 
-    NOTE: when the kept whole columns alone exceed ``width`` (a console narrower than about 60
+    NOTE: when the visible whole columns alone exceed ``width`` (a console narrower than about 60
     columns for the ticket tables), rich shrinks them and cuts ids with "…".
     """
     natural = [max([_cell_width(column.header), *(_cell_width(row[i]) for row in rows)]) for i, column in enumerate(columns)]
-    kept = list(range(len(columns)))
+    visible = list(range(len(columns)))
 
     def needed(indexes: list[int]) -> int:
         return sum(natural[i] if columns[i].whole else min(natural[i], columns[i].min_width) for i in indexes) \
             + _table_overhead(len(indexes))
 
-    while needed(kept) > width:
-        droppable = [i for i in kept if columns[i].drop_rank > 0]
+    while needed(visible) > width:
+        droppable = [i for i in visible if columns[i].drop_rank > 0]
         if not droppable:
             break
-        kept.remove(max(droppable, key=lambda i: (columns[i].drop_rank, i)))
+        visible.remove(max(droppable, key=lambda i: (columns[i].drop_rank, i)))
 
-    widths = [natural[i] for i in kept]
-    if sum(widths) + _table_overhead(len(kept)) <= width:
-        return kept, widths
+    widths = [natural[i] for i in visible]
+    if sum(widths) + _table_overhead(len(visible)) <= width:
+        return visible, widths
 
     # Start every wrapping column at its minimum, then hand out the room left in column order.
-    wrapping = [position for position, i in enumerate(kept) if not columns[i].whole]
+    wrapping = [position for position, i in enumerate(visible) if not columns[i].whole]
     for position in wrapping:
-        widths[position] = min(natural[kept[position]], columns[kept[position]].min_width)
-    room = width - _table_overhead(len(kept)) - sum(widths)
+        widths[position] = min(natural[visible[position]], columns[visible[position]].min_width)
+    room = width - _table_overhead(len(visible)) - sum(widths)
     for position in wrapping:
-        extra = max(min(natural[kept[position]] - widths[position], room), 0)
+        extra = max(min(natural[visible[position]] - widths[position], room), 0)
         widths[position] += extra
         room -= extra
-    return kept, widths
+    return visible, widths
 
 
 def fit_table(title: str, columns: Sequence[FitColumn], rows: Sequence[Sequence[str]], width: int) -> Table:
     """Build a borderless table that fits ``width``: ids and times whole, free text wrapped, low-value columns dropped."""
-    kept, widths = fit_columns(columns, rows, width)
+    visible, widths = fit_columns(columns, rows, width)
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for i, column_width in zip(kept, widths):
+    for i, column_width in zip(visible, widths):
         column = columns[i]
         if column.whole:
             table.add_column(column.header, no_wrap=True, min_width=column_width, justify=column.justify)
         else:
             table.add_column(column.header, overflow="fold", width=column_width, justify=column.justify)
     for row in rows:
-        table.add_row(*(row[i] for i in kept))
+        table.add_row(*(row[i] for i in visible))
     return table

@@ -152,12 +152,12 @@ async def _list(config_path: Path, limit: int, filters: ListFilter) -> TicketPag
 
 def render_ticket_list(page: TicketPage, width: int) -> Table:
     """Build the ticket table within ``width`` columns, newest first, with ids and times whole."""
-    shown = len(page.tickets)
+    listed = len(page.tickets)
     described = page.filters.describe()
     if described:
-        count = f"{described}；显示最近 {shown} 张，符合条件的共 {page.total} 张"
+        count = f"{described}；显示最近 {listed} 张，符合条件的共 {page.total} 张"
     else:
-        count = f"显示最近 {shown} 张，共 {page.total} 张"
+        count = f"显示最近 {listed} 张，共 {page.total} 张"
 
     # The origin column matters only where tickets from other nodes are stored (a parent tier).
     with_origin = any(ticket.origin_node != page.node_id for ticket in page.tickets)
@@ -347,8 +347,8 @@ def render_event_trail(title: str, events: list[TicketEvent], width: int) -> Tab
         FitColumn("事件和操作人", min_width=max(widest_actor, 14)),
         FitColumn("详情"),
     ]
-    kept, widths = fit_columns(columns, rows, width)
-    detail_width = widths[kept.index(len(columns) - 1)]
+    visible, widths = fit_columns(columns, rows, width)
+    detail_width = widths[visible.index(len(columns) - 1)]
     for row, items in zip(rows, details):
         row[-1] = _keep_values_whole(items, detail_width)
     return fit_table(title, columns, rows, width)

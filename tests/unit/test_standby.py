@@ -287,10 +287,10 @@ class TestStoredPlacesOwner:
 
     async def test_paired_node_serves_after_lock(self, store: TicketStore, tmp_path: Path) -> None:
         node = FailoverCountyNode(county_config(tmp_path, standby_port=4574), min_free_bytes=0)
-        taken: list[bool] = []
+        takeovers: list[bool] = []
 
         async def take_over() -> None:
-            taken.append(True)
+            takeovers.append(True)
 
         node._take_over_stored_places = take_over  # type: ignore[method-assign]
         node._publisher = OutboxPublisher(store, net.LOOPBACK, net.free_port(), COUNTY, "city-330100")
@@ -298,9 +298,9 @@ class TestStoredPlacesOwner:
         assert not node._serves_stored_places
 
         await asyncio.wait_for(node._publish_when_free(direct), timeout=2)
-        assert taken == []
+        assert takeovers == []
         await asyncio.wait_for(node._publish_when_free(node._publisher), timeout=2)
-        assert taken == [True]
+        assert takeovers == [True]
 
         await direct.stop()
         await node._publisher.stop()
